@@ -1,0 +1,1 @@
+"""Compiler backends. Only TVM for now."""

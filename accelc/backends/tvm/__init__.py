@@ -1,0 +1,1 @@
+"""Apache TVM (Relax) backend: import, per-target pipelines, build, export."""

@@ -1,0 +1,94 @@
+"""fx.GraphModule -> torch.export (core ATen) -> Relax -> compiled, exported library."""
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import tvm
+from tvm import relax
+from tvm.relax.frontend.torch import from_exported_program
+from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
+
+from ...capture import node_location
+from ...errors import Problem, ToolchainError, UnsupportedOpError
+from .pipeline import build_pipeline, prepare_passes
+
+
+@dataclass
+class Lowered:
+    mod: tvm.IRModule  # Relax, params lifted, ready for the target pipeline
+    params: dict[str, np.ndarray]  # in main's parameter order
+    program: torch.export.ExportedProgram
+
+
+def export_program(gm: torch.fx.GraphModule, example_inputs, dynamic_shapes) -> torch.export.ExportedProgram:
+    """Re-export the (rewritten) graph and decompose it to the core ATen set TVM imports."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(gm, tuple(example_inputs), dynamic_shapes=dynamic_shapes, strict=False)
+        return program.run_decompositions()
+
+
+def check_supported(program: torch.export.ExportedProgram, custom_ops=()) -> None:
+    """One UnsupportedOpError listing every op the importer has no converter for."""
+    known = set(ExportedProgramImporter().convert_map) | set(custom_ops)
+    problems = [Problem("E400", f"op {node.target.__name__} has no TVM converter", node_location(node))
+                for node in program.graph.nodes
+                if node.op == "call_function" and node.target.__name__ not in known]
+    if problems:
+        raise UnsupportedOpError(problems=problems + [Problem(
+            "E400", "replace these ops in the model, or add a converter (custom_convert_map)")])
+
+
+def to_relax(program: torch.export.ExportedProgram, target, custom_convert_map=None) -> Lowered:
+    check_supported(program, custom_convert_map or {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mod = from_exported_program(program, keep_params_as_input=True, run_ep_decomposition=False,
+                                    custom_convert_map=custom_convert_map)
+    mod, detached = relax.frontend.detach_params(mod)
+    names = [p.name for p in mod["main"].params[mod["main"].attrs["num_input"]:]]
+    params = {name: t.numpy() for name, t in zip(names, detached.get("main", []))}
+    with target:
+        mod = tvm.transform.Sequential(prepare_passes(target))(mod)
+    return Lowered(mod, params, program)
+
+
+def compile_module(lowered: Lowered, target, database=None):
+    """Run the target pipeline and codegen; failures name the ops involved."""
+    try:
+        with target, tvm.transform.PassContext(opt_level=3):
+            return tvm.compile(lowered.mod, target=target, relax_pipeline=build_pipeline(target, database))
+    except tvm.error.TVMError as exc:
+        raise _compile_error(exc, lowered.program) from None
+
+
+def _compile_error(exc: Exception, program) -> UnsupportedOpError:
+    text = str(exc)
+    summary = next((ln for ln in reversed(text.splitlines()) if ln.strip()), text)[:400]
+    ops = {n.target.__name__.split(".")[0]: n for n in program.graph.nodes if n.op == "call_function"}
+    named = [n for name, n in ops.items() if re.search(rf"\b{re.escape(name)}\b", text)]
+    problems = [Problem("E401", f"TVM failed to compile op {n.target.__name__}", node_location(n)) for n in named]
+    return UnsupportedOpError(f"TVM could not compile the model: {summary}", code="E401", problems=problems)
+
+
+def export_library(executable, path: Path, target_spec) -> None:
+    """Write the shared library; cross targets link with their cross compiler."""
+    fcompile = None
+    if target_spec.cross_compiler:
+        target_spec.check_toolchain()
+        from tvm.support import cc
+        fcompile = cc.cross_compiler(target_spec.cross_compiler)
+    try:
+        executable.export_library(str(path), fcompile=fcompile)
+    except (tvm.error.TVMError, RuntimeError, OSError) as exc:
+        raise ToolchainError(f"linking the library failed: {str(exc).strip().splitlines()[-1][:300]}",
+                             code="E502") from None
+
+
+def save_params(params: dict[str, np.ndarray], path: Path) -> None:
+    tvm.runtime.save_param_dict_to_file({k: tvm.runtime.tensor(v) for k, v in params.items()}, str(path))

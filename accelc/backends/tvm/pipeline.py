@@ -1,0 +1,45 @@
+"""Per-target Relax pass lists as plain functions concatenated into a pipeline
+(after TVM's relax/backend/*/pipeline.py)."""
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+
+def prepare_passes(target) -> list:
+    """Target-independent clean-up before lowering."""
+    return [
+        relax.transform.DecomposeOpsForInference(),  # batch_norm etc. into elementwise ops
+        relax.transform.LiftTransformParams(),  # weight transposes run once at load, not per call
+        relax.transform.FoldConstant(),
+    ]
+
+
+def _backend_passes(backend, target, database) -> list:
+    """A TVM backend's own lists, with tuning records applied after fusion and before
+    any default schedule (DLight on GPUs), so tuned kernels win over defaults."""
+    legalize = backend.legalize_passes(target)
+    fused = [p for p in legalize if p.info.name != "ApplyDefaultSchedule"]
+    schedules = [p for p in legalize if p.info.name == "ApplyDefaultSchedule"]
+    apply_db = [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)] if database else []
+    return (backend.library_dispatch_passes(target) + fused + apply_db + schedules
+            + backend.dataflow_lower_passes(target) + backend.finalize_passes(target))
+
+
+def cpu_pipeline(target, database=None) -> list:
+    from tvm.relax.backend.cpu_generic import pipeline as backend
+    return _backend_passes(backend, target, database)
+
+
+def cuda_pipeline(target, database=None) -> list:
+    from tvm.relax.backend.cuda import pipeline as backend
+    return _backend_passes(backend, target, database)
+
+
+PIPELINES = {"llvm": cpu_pipeline, "cuda": cuda_pipeline}
+
+
+def build_pipeline(target, database=None) -> tvm.transform.Pass:
+    """The whole Relax pipeline for a target kind, optionally applying tuning records."""
+    passes = PIPELINES[target.kind.name](target, database)
+    return tvm.transform.Sequential(passes, name=f"accelc_{target.kind.name}")

@@ -1,0 +1,216 @@
+"""Model entrypoint + weights -> eager nn.Module -> torch.export -> fx.GraphModule.
+
+The GraphModule (ATen ops, parameters as get_attr, nn_module_stack kept in node.meta)
+is what passes rewrite; the eager module stays as the verifier's reference.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ModelError
+from .recipe import InputSpec, LoadedRecipe
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "int8": torch.int8,
+                "uint8": torch.uint8, "bool": torch.bool}
+
+
+@dataclass
+class Captured:
+    model: torch.nn.Module  # the original eager model, eval mode
+    graph: torch.fx.GraphModule  # what passes rewrite
+    example_inputs: tuple
+    dynamic_shapes: tuple | None
+    output_names: list[str]
+
+
+def import_entrypoint(spec: str, root: Path, where: str):
+    """Import 'package.module:callable' with the recipe's repository first on sys.path."""
+    module_name, _, attr = spec.partition(":")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure of user code is a user error
+        raise ModelError(f"cannot import '{module_name}': {type(exc).__name__}: {exc}", code="E300",
+                         location=where, field="model.entrypoint") from None
+    if not hasattr(module, attr):
+        from .errors import did_you_mean
+        names = [n for n in dir(module) if not n.startswith("_")]
+        raise ModelError(f"module '{module_name}' has no attribute '{attr}'", code="E300", location=where,
+                         field="model.entrypoint", hint=did_you_mean(attr, names))
+    return getattr(module, attr)
+
+
+def build_model(loaded: LoadedRecipe) -> torch.nn.Module:
+    section = loaded.recipe.model
+    where = loaded.where("model", "entrypoint")
+    factory = import_entrypoint(section.entrypoint, loaded.root, where)
+    try:
+        model = factory(**section.kwargs)
+    except Exception as exc:
+        raise ModelError(f"entrypoint '{section.entrypoint}' failed: {type(exc).__name__}: {exc}", code="E300",
+                         location=where, field="model.entrypoint") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"entrypoint '{section.entrypoint}' returned {type(model).__name__}, not an nn.Module",
+                         code="E301", location=where, field="model.entrypoint")
+    if section.weights:
+        load_weights(model, loaded.resolve(section.weights), loaded.where("model", "weights"))
+    return model.eval()
+
+
+def load_weights(model: torch.nn.Module, path: Path, where: str) -> None:
+    """Load a state dict without pickle: safetensors, or torch.load(weights_only=True)."""
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}", code="E302", location=where, field="model.weights")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise ModelError(f"unknown weights format '{path.suffix}'", code="E302", location=where,
+                             field="model.weights", hint="use .safetensors (preferred) or .pt")
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"cannot read weights {path.name}: {exc}", code="E302", location=where,
+                         field="model.weights") from None
+    _check_state(model, state, where)
+    model.load_state_dict(state, strict=True)
+
+
+def _check_state(model: torch.nn.Module, state: dict, where: str) -> None:
+    expected = model.state_dict()
+    lines = [f"missing: {k}" for k in expected if k not in state]
+    lines += [f"unexpected: {k}" for k in state if k not in expected]
+    lines += [f"{k}: file has {tuple(state[k].shape)}, model has {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if lines:
+        shown = "; ".join(lines[:8]) + (f"; and {len(lines) - 8} more" if len(lines) > 8 else "")
+        raise ModelError(f"weights do not fit the model: {shown}", code="E303", location=where,
+                         field="model.weights")
+
+
+def random_inputs(specs: list[InputSpec], batch: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Seeded sample inputs from the input specs (normal for floats, uniform ints in `range`)."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in specs:
+        shape = spec.concrete(batch)
+        if spec.dtype.startswith(("float", "bfloat")):
+            arr = rng.standard_normal(shape, dtype=np.float32)
+            if spec.range:
+                arr = rng.uniform(spec.range[0], spec.range[1], shape).astype(np.float32)
+        elif spec.dtype == "bool":
+            arr = rng.integers(0, 2, shape).astype(bool)
+        else:
+            low, high = spec.range or (0, 10)
+            arr = rng.integers(int(low), int(high), shape).astype(spec.dtype)
+        arrays.append(arr)
+    return tuple(arrays)
+
+
+def to_torch(arrays) -> tuple:
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+
+
+def run_eager(model: torch.nn.Module, arrays) -> list[np.ndarray]:
+    """Run a model on numpy inputs; outputs flattened to a list of numpy arrays."""
+    with torch.no_grad():
+        out = model(*to_torch(arrays))
+    return [t.detach().float().numpy() if t.dtype == torch.bfloat16 else t.detach().numpy() for t in flatten(out)]
+
+
+def flatten(out) -> list:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in flatten(item)]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in flatten(v)]
+    raise TypeError(f"model output of type {type(out).__name__} is not a tensor")
+
+
+def capture(loaded: LoadedRecipe, model: torch.nn.Module | None = None) -> Captured:
+    """Build the model (unless given) and capture it with torch.export."""
+    recipe = loaded.recipe
+    model = model if model is not None else build_model(loaded)
+    batch = 2 if max(recipe.model.batch) > 1 else 1  # export specialises sizes 0 and 1
+    example = random_inputs(recipe.model.inputs, batch, recipe.verify.seed)
+    where = loaded.where("model", "inputs")
+    try:
+        outputs = run_eager(model, example)
+    except Exception as exc:
+        shapes = ", ".join(f"{s.name}{list(s.concrete(batch))}:{s.dtype}" for s in recipe.model.inputs)
+        raise ModelError(f"the model fails on inputs {shapes}: {type(exc).__name__}: {_first_line(exc)}",
+                         code="E304", location=where, field="model.inputs") from None
+    dynamic = _dynamic_shapes(recipe.model.inputs, recipe.model.batch)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(model, to_torch(example), dynamic_shapes=dynamic, strict=False)
+    except Exception as exc:
+        raise ModelError(f"torch.export cannot capture the model: {type(exc).__name__}: {_first_line(exc)}",
+                         code="E305", location=loaded.where("model", "entrypoint"), field="model.entrypoint",
+                         hint="the model must be traceable by torch.export (no data-dependent Python control flow)"
+                         ) from None
+    graph = program.module()
+    _drop_guards(graph)
+    return Captured(model, graph, to_torch(example), dynamic, [f"output{i}" for i in range(len(outputs))])
+
+
+def _dynamic_shapes(specs: list[InputSpec], sizes: list[int]):
+    if max(sizes) == 1 or not any("batch" in s.shape for s in specs):
+        return None
+    dim = torch.export.Dim("batch", min=1, max=max(max(sizes), 2))
+    return tuple({s.shape.index("batch"): dim} if "batch" in s.shape else None for s in specs)
+
+
+def _drop_guards(gm: torch.fx.GraphModule) -> None:
+    """torch.export's input-guard submodule: we check shapes ourselves, the backends cannot import it."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target.startswith("_guards"):
+            gm.graph.erase_node(node)
+    gm.recompile()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def module_path(node) -> str:
+    """Dotted module path of a node from nn_module_stack ('encoder.layers.0.linear1')."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return re.sub(r"^L\['self'\]\.?", "", path).replace("._modules['", ".").replace("']", "")
+
+
+def source_line(node) -> str:
+    """'file.py:LINE' of the user code that made a node, from its stack trace."""
+    trace = node.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
+    user = [f for f in frames if "site-packages" not in f[0] and "/torch/" not in f[0]]
+    file, line = (user or frames or [("", "")])[-1]
+    return f"{Path(file).name}:{line}" if file else ""
+
+
+def node_location(node) -> str:
+    parts = [f"node {node.name}"]
+    if module_path(node):
+        parts.append(f"in {module_path(node)}")
+    if source_line(node):
+        parts.append(f"at {source_line(node)}")
+    return " ".join(parts)

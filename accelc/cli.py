@@ -1,0 +1,154 @@
+"""Command line: argument parsing and printing only; the library does the work.
+
+Exit codes: 0 ok, 1 verification failed, 2 user error, 3 internal error (a bug).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_USER_ERROR, EXIT_VERIFY_FAILED, AccelcError
+
+
+def _cmd_build(args) -> int:
+    from .compile import build
+    result = build(args.recipe, target=args.target, output=args.output, log=_progress)
+    return EXIT_OK if result.report["status"] != "failed" else EXIT_VERIFY_FAILED
+
+
+def _cmd_validate(args) -> int:
+    from . import recipe as recipe_mod, targets
+    results, code = [], EXIT_OK
+    for path in args.recipes:
+        try:
+            loaded = recipe_mod.load(path)
+            spec = targets.resolve(args.target or loaded.recipe.target, loaded.root,
+                                   None if args.target else loaded.where("target"))
+            targets.check_compatible(spec, loaded.recipe, loaded.where)
+            results.append({"recipe": path, "ok": True, "errors": []})
+        except AccelcError as exc:
+            code = EXIT_USER_ERROR
+            results.append({"recipe": path, "ok": False, "errors": [p.__dict__ for p in exc.problems]})
+            if not args.json:
+                print(exc.format(), file=sys.stderr)
+            continue
+        if not args.json:
+            print(f"{path}: ok")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return code
+
+
+def _cmd_schema(args) -> int:
+    from .recipe import json_schema
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+def _cmd_targets(args) -> int:
+    from . import targets
+    rows = [(t.name, ", ".join(t.aliases), t.device, ", ".join(t.dtypes), "yes" if t.runs_here()[0] else "no",
+             t.description) for t in targets.load_all(Path.cwd()).values()]
+    _table(["target", "aliases", "device", "dtypes", "runs here", "description"], rows)
+    return EXIT_OK
+
+
+def _cmd_verify(args) -> int:
+    from .reverify import reverify
+    from .verify import format_report
+    report = reverify(Path(args.artifact), samples=args.samples)
+    print(format_report(report))
+    return {"passed": EXIT_OK, "failed": EXIT_VERIFY_FAILED}.get(report["status"], EXIT_OK)
+
+
+def _cmd_inspect(args) -> int:
+    from .artifact import check_files, read_manifest
+    manifest = read_manifest(Path(args.artifact))
+    check_files(Path(args.artifact), manifest)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return EXIT_OK
+    target = manifest["target"]
+    rows = [("name", manifest["name"]), ("target", f"{target['name']} ({target['device']}, {target['arch']})"),
+            ("batch", manifest["batch"]),
+            *((f"input {i['name']}", f"{i['shape']} {i['dtype']}") for i in manifest["inputs"]),
+            *((f"output {o['name']}", f"{o['shape']} {o['dtype']}") for o in manifest["outputs"]),
+            ("parameters", f"{len(manifest['params'])} tensors, {manifest['param_bytes']:,} bytes"),
+            ("passes", ", ".join(p["kind"] for p in manifest["passes"]) or "none"),
+            ("verification", manifest["verification"]["status"]),
+            ("recipe sha256", manifest["recipe"]["sha256"][:16]),
+            *((f"version {k}", v) for k, v in manifest["versions"].items()),
+            *((f"file {k}", v[:16]) for k, v in manifest["files"].items())]
+    _table(["field", "value"], rows)
+    return EXIT_OK
+
+
+def _table(header, rows) -> None:
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def _progress(line: str) -> None:
+    print(line, flush=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="accelc", description="Declarative model compiler: recipe -> verified "
+                                  "TVM artifact.", epilog="exit codes: 0 ok, 1 verification failed, 2 user error, "
+                                  "3 internal error")
+    sub = top.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("build", help="compile a recipe into a verified artifact")
+    p.add_argument("recipe")
+    p.add_argument("--target", help="target name or alias (overrides the recipe)")
+    p.add_argument("--output", help="artifact directory (overrides the recipe)")
+    p.set_defaults(func=_cmd_build)
+    p = sub.add_parser("validate", help="check recipes without building")
+    p.add_argument("recipes", nargs="+")
+    p.add_argument("--target")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_validate)
+    p = sub.add_parser("schema", help="print the recipe JSON Schema (for editors)")
+    p.set_defaults(func=_cmd_schema)
+    p = sub.add_parser("targets", help="list known targets")
+    p.set_defaults(func=_cmd_targets)
+    p = sub.add_parser("verify", help="re-run an artifact's verification")
+    p.add_argument("artifact")
+    p.add_argument("--samples", type=int, help="sample batches per batch size (default: the recipe's)")
+    p.set_defaults(func=_cmd_verify)
+    p = sub.add_parser("inspect", help="print an artifact's manifest")
+    p.add_argument("artifact")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_inspect)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AccelcError as exc:
+        print(exc.format(), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception:  # a bug: show everything
+        traceback.print_exc()
+        print("internal error: this is a bug in accelc; please report it with the traceback above",
+              file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,149 @@
+"""The build: the only place that knows the order of the stages."""
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__, artifact, capture, recipe as recipe_mod, targets, verify
+from .errors import VerificationError
+
+
+@dataclass
+class BuildResult:
+    output: Path
+    manifest: dict
+    report: dict
+    timings: dict = field(default_factory=dict)
+
+
+class Progress:
+    """Numbered stage lines with timings: long steps announce themselves."""
+
+    def __init__(self, log: Callable[[str], None], total: int):
+        self.log, self.total, self.step, self.timings = log, total, 0, {}
+        self._name, self._start = None, 0.0
+
+    def __call__(self, name: str) -> None:
+        self.done()
+        self.step += 1
+        self._name, self._start = name, time.perf_counter()
+        self.log(f"[{self.step}/{self.total}] {name} ...")
+
+    def done(self) -> None:
+        if self._name:
+            self.timings[self._name] = round(time.perf_counter() - self._start, 3)
+            self._name = None
+
+
+def build(recipe_path, target: str | None = None, output: str | Path | None = None,
+          log: Callable[[str], None] = print) -> BuildResult:
+    """Recipe -> verified artifact directory. Raises a coded AccelcError for user mistakes."""
+    stage = Progress(log, 6)
+    stage("loading recipe and target")
+    loaded = recipe_mod.load(recipe_path)
+    recipe = loaded.recipe
+    spec = targets.resolve(target or recipe.target, loaded.root,
+                           None if target else loaded.where("target"))
+    targets.check_compatible(spec, recipe, loaded.where)
+    spec.check_toolchain()
+    out = Path(output) if output else loaded.resolve(recipe.output.format(name=recipe.name, target=spec.name))
+
+    from .backends.tvm import lower  # the compiler side: imported only when building
+    from .passes import PassContext, run_passes
+
+    stage("capturing the model with torch.export")
+    captured = capture.capture(loaded)
+    stage(f"running {len(recipe.passes)} pass(es)")
+    graph, pass_reports = run_passes(captured.graph, list(recipe.passes),
+                                     PassContext(captured.example_inputs, loaded, log))
+    stage(f"lowering to Relax and compiling for {spec.name}")
+    tvm_target = spec.tvm_target()
+    program = lower.export_program(graph, captured.example_inputs, captured.dynamic_shapes)
+    lowered = lower.to_relax(program, tvm_target)
+    executable = lower.compile_module(lowered, tvm_target)
+    stage("writing the artifact")
+    with artifact.staging(out) as tmp:
+        lower.export_library(executable, tmp / artifact.LIBRARY, spec)
+        lower.save_params(lowered.params, tmp / artifact.PARAMS)
+        manifest = _manifest(loaded, spec, captured, lowered, pass_reports)
+        artifact.write_manifest(tmp, {**manifest, "verification": {"status": "pending"}})
+        stage("verifying against the original model")
+        report = _verify(loaded, spec, captured, tmp)
+        manifest = artifact.write_manifest(tmp, {**manifest, "verification": report,
+                                                 "verified": report["status"] == "passed"})
+        log(verify.format_report(report))
+        if report["status"] == "failed":
+            raise VerificationError("the compiled module does not match the original model; "
+                                    f"nothing was written to {out}", code="E600")
+    stage.done()
+    log(f"artifact: {out} ({'verified' if manifest['verified'] else 'NOT verified'})")
+    return BuildResult(out, manifest, report, stage.timings)
+
+
+def _verify(loaded, spec, captured: capture.Captured, folder: Path) -> dict:
+    ok, why = spec.runs_here()
+    if not ok:
+        return verify.skipped(f"target '{spec.name}' cannot run on this machine: {why}")
+    from . import runtime
+    predictor = runtime.load(folder)
+    return verify.verify(lambda arrays: predictor.predict(*arrays),
+                         lambda arrays: capture.run_eager(captured.model, arrays),
+                         sample_sets(loaded), loaded.recipe.verify.tolerance.atol,
+                         loaded.recipe.verify.tolerance.rtol, captured.output_names)
+
+
+def sample_sets(loaded) -> list[tuple[int, list]]:
+    """(batch, [inputs, ...]) per built batch size: the recipe's sample source, or seeded random."""
+    recipe = loaded.recipe
+    source = None
+    if recipe.data.samples:
+        source = capture.import_entrypoint(recipe.data.samples, loaded.root, loaded.where("data", "samples"))
+    sets = []
+    for batch in recipe.model.batch:
+        samples = []
+        for i in range(recipe.verify.samples):
+            seed = recipe.verify.seed + 1000 * batch + i
+            arrays = source(batch, seed) if source else capture.random_inputs(recipe.model.inputs, batch, seed)
+            samples.append(tuple(np.asarray(a) for a in (arrays if isinstance(arrays, (tuple, list)) else [arrays])))
+        sets.append((batch, samples))
+    return sets
+
+
+def _manifest(loaded, spec, captured: capture.Captured, lowered, pass_reports) -> dict:
+    import torch
+    import tvm
+    recipe = loaded.recipe
+    reference = capture.run_eager(captured.model, [t.numpy() for t in captured.example_inputs])
+    batch = captured.example_inputs[0].shape[0] if captured.example_inputs else 1
+    return {
+        "accelc": __version__,
+        "name": recipe.name,
+        "recipe": {"path": str(loaded.path), "sha256": hashlib.sha256(loaded.text.encode()).hexdigest(),
+                   "text": loaded.text},
+        "target": {"name": spec.name, "tvm": spec.tvm, "host": spec.host, "device": spec.device, "arch": spec.arch,
+                   "cpu_features": spec.cpu_features, "cuda_archs": spec.cuda_archs},
+        "batch": recipe.model.batch,
+        "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype} for s in recipe.model.inputs],
+        "outputs": [{"name": n, "shape": ["batch" if i == 0 and r.ndim and r.shape[0] == batch else d
+                                          for i, d in enumerate(r.shape)], "dtype": str(r.dtype)}
+                    for n, r in zip(captured.output_names, reference)],
+        "params": list(lowered.params),
+        "param_bytes": int(sum(p.nbytes for p in lowered.params.values())),
+        "passes": pass_reports,
+        "versions": {"accelc": __version__, "torch": torch.__version__, "tvm": tvm.__version__,
+                     "llvm": _llvm_version(), "python": platform.python_version(), "numpy": np.__version__},
+    }
+
+
+def _llvm_version() -> str | None:
+    try:
+        import tvm
+        return str(tvm.target.codegen.llvm_version_major())
+    except Exception:  # TVM built without LLVM
+        return None

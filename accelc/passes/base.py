@@ -1,0 +1,100 @@
+"""Pass interface: a pydantic config registered by `kind`, a rewrite of an fx.GraphModule
+that returns PassResult(graph, changed, stats), and a runner that records what each did."""
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import AccelcError, PassError, Problem
+
+PASSES: dict[str, type["Pass"]] = {}
+PASS_CONFIGS: dict[str, type[BaseModel]] = {}
+
+
+class PassConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class PassResult:
+    graph: Any  # torch.fx.GraphModule
+    changed: bool
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class PassContext:
+    """What a pass may need beyond the graph: example inputs, the recipe, data sources."""
+
+    example_inputs: tuple = ()
+    loaded: Any = None  # LoadedRecipe, for passes that read data (fine-tune, calibration)
+    log: Any = print
+
+
+class Pass:
+    kind: ClassVar[str]
+    Config: ClassVar[type[PassConfig]]
+
+    def __init__(self, config: PassConfig):
+        self.config = config
+
+    def run(self, gm, ctx: PassContext) -> PassResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def register(cls: type[Pass]) -> type[Pass]:
+    """Class decorator: make a pass available to recipes under its kind."""
+    PASSES[cls.kind] = cls
+    PASS_CONFIGS[cls.kind] = cls.Config
+    return cls
+
+
+def graph_stats(gm) -> dict:
+    """Parameter count and op count of a graph (reported before/after each pass)."""
+    params = sum(t.numel() for t in gm.state_dict().values())
+    ops = sum(1 for n in gm.graph.nodes if n.op == "call_function")
+    return {"params": int(params), "ops": ops}
+
+
+def run_passes(gm, configs: list, ctx: PassContext):
+    """Apply passes in order to a copy of `gm`; returns (graph, per-pass reports).
+
+    A user error inside a pass is re-raised with the names of the passes that ran before it;
+    anything else propagates as a bug, also annotated with the history.
+    """
+    reports, history = [], []
+    graph = gm
+    for index, config in enumerate(configs):
+        pass_ = PASSES[config.kind](config)
+        before = graph_stats(graph)
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation on deepcopy
+                working = copy.deepcopy(graph)
+            result = pass_.run(working, ctx)
+        except AccelcError as exc:
+            exc.problems.append(Problem(exc.code, f"raised by pass #{index} '{config.kind}'; "
+                                        f"passes before it: {', '.join(history) or 'none'}"))
+            raise
+        except Exception as exc:
+            exc.add_note(f"in pass #{index} '{config.kind}' after: {', '.join(history) or 'none'}")
+            raise
+        result.graph.graph.lint()
+        after = graph_stats(result.graph)
+        reports.append({"kind": config.kind, "changed": result.changed, "seconds": round(time.perf_counter() - start, 4),
+                        "before": before, "after": after, **result.stats})
+        history.append(config.kind)
+        graph = result.graph
+    return graph, reports
+
+
+def fail(message: str, *, node=None, hint: str | None = None):
+    """Raise a PassError naming the node and its source line."""
+    from ..capture import node_location
+    raise PassError(message, location=node_location(node) if node is not None else None, hint=hint)

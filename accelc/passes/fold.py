@@ -1,0 +1,79 @@
+"""fold_batchnorm: Conv/Linear followed by an eval-mode BatchNorm becomes one Conv/Linear.
+
+y = gamma * (W x + b - mean) / sqrt(var + eps) + beta
+  = (W * s) x + (b - mean) * s + beta,   s = gamma / sqrt(var + eps)  (per output channel)
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from .base import Pass, PassConfig, PassContext, PassResult, register
+
+aten = torch.ops.aten
+PRODUCERS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.linear.default}
+
+
+def fetch(gm, node):
+    """The tensor behind a get_attr node (or None for a missing optional argument)."""
+    if node is None:
+        return None
+    target = gm
+    for part in node.target.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def attach(gm, base: str, tensor: torch.Tensor, before) -> torch.fx.Node:
+    """Register `tensor` as a new parameter and return a get_attr node for it."""
+    name, i = base.replace(".", "_"), 0
+    while hasattr(gm, f"{name}_{i}"):
+        i += 1
+    gm.register_parameter(f"{name}_{i}", torch.nn.Parameter(tensor.detach().clone(), requires_grad=False))
+    with gm.graph.inserting_before(before):
+        return gm.graph.get_attr(f"{name}_{i}")
+
+
+@register
+class FoldBatchNorm(Pass):
+    kind = "fold_batchnorm"
+
+    class Config(PassConfig):
+        kind: Literal["fold_batchnorm"] = Field(description="Fold eval-mode BatchNorm into the "
+                                                "preceding Conv/Linear.")
+
+    def run(self, gm, ctx: PassContext) -> PassResult:
+        folded = []
+        for bn in list(gm.graph.nodes):
+            if bn.op != "call_function" or bn.target != aten.batch_norm.default:
+                continue
+            producer = bn.args[0]
+            if (not isinstance(producer, torch.fx.Node) or producer.target not in PRODUCERS
+                    or len(producer.users) != 1 or bn.args[5]):  # shared output or training mode
+                continue
+            if not all(isinstance(a, torch.fx.Node) and a.op == "get_attr"
+                       for a in (producer.args[1], *bn.args[3:5])):
+                continue
+            self._fold(gm, producer, bn)
+            folded.append(producer.name)
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+        return PassResult(gm, bool(folded), {"folded": folded})
+
+    @staticmethod
+    def _fold(gm, producer, bn) -> None:
+        weight = fetch(gm, producer.args[1])
+        bias = fetch(gm, producer.args[2] if len(producer.args) > 2 else None)
+        gamma, beta, mean, var = (fetch(gm, a) for a in bn.args[1:5])
+        eps = bn.args[7]
+        scale = (gamma if gamma is not None else 1) / torch.sqrt(var + eps)
+        new_w = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+        new_b = ((bias if bias is not None else 0) - mean) * scale + (beta if beta is not None else 0)
+        args = list(producer.args) + [None] * (3 - len(producer.args))
+        args[1] = attach(gm, producer.args[1].target + "_bnfold", new_w, producer)
+        args[2] = attach(gm, producer.args[1].target + "_bnfold_bias", new_b, producer)
+        producer.args = tuple(args)
+        bn.replace_all_uses_with(producer)
+        gm.graph.erase_node(bn)

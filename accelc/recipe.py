@@ -1,0 +1,257 @@
+"""The recipe: pydantic v2 models (the schema is the docs) and a loader that
+turns every validation problem into `file:line:col field.path: message`."""
+from __future__ import annotations
+
+import math
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import yamlio
+from .errors import Problem, RecipeError, did_you_mean
+from .passes import PASS_CONFIGS
+
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
+MAX_ELEMENTS = 1 << 28  # per input at the largest batch: 1 GiB of float32
+ENTRYPOINT = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z_]\w*$", description="Input name; the predictor's keyword for it.")
+    shape: list[Union[int, str]] = Field(
+        min_length=1, max_length=8,
+        description="Dimensions; the string 'batch' marks the symbolic batch dimension.")
+    dtype: Literal[DTYPES] = Field("float32", description="Element type.")  # type: ignore[valid-type]
+    range: tuple[float, float] | None = Field(
+        None, description="[low, high) for generated samples; integer inputs (token ids) need it.")
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, shape: list) -> list:
+        for dim in shape:
+            if isinstance(dim, str) and dim != "batch":
+                raise ValueError(f"symbolic dimension '{dim}' is not supported; only 'batch' is symbolic")
+            if isinstance(dim, int) and not 1 <= dim <= 1 << 20:
+                raise ValueError(f"dimension {dim} is outside [1, 1048576]")
+        if sum(d == "batch" for d in shape) > 1:
+            raise ValueError("'batch' may appear once")
+        return shape
+
+    @field_validator("range")
+    @classmethod
+    def _range(cls, value):
+        if value is not None and not (math.isfinite(value[0]) and math.isfinite(value[1]) and value[0] < value[1]):
+            raise ValueError("range must be finite [low, high) with low < high")
+        return value
+
+    def concrete(self, batch: int) -> tuple[int, ...]:
+        return tuple(batch if d == "batch" else int(d) for d in self.shape)
+
+
+class ModelSection(Strict):
+    entrypoint: str = Field(pattern=ENTRYPOINT, description="'package.module:callable' returning an nn.Module, "
+                            "imported relative to the recipe's repository.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the entrypoint.")
+    weights: str | None = Field(None, description="Weights file (.safetensors, or .pt loaded with "
+                                "weights_only=True), relative to the recipe's repository.")
+    inputs: list[InputSpec] = Field(min_length=1, description="The model's positional inputs, in order.")
+    batch: list[int] = Field([1], min_length=1, description="Batch sizes the artifact must serve and is "
+                             "verified at.")
+
+    @field_validator("batch")
+    @classmethod
+    def _batch(cls, sizes: list[int]) -> list[int]:
+        if any(not 1 <= b <= 65536 for b in sizes):
+            raise ValueError("batch sizes must be in [1, 65536]")
+        return sorted(set(sizes))
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        names = [i.name for i in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"input names must be unique, got {names}")
+        for spec in self.inputs:
+            count = math.prod(spec.concrete(max(self.batch)))
+            if count > MAX_ELEMENTS:
+                raise ValueError(f"input '{spec.name}' has {count} elements at batch {max(self.batch)}; "
+                                 f"the limit is {MAX_ELEMENTS}")
+        return self
+
+
+class DataSection(Strict):
+    samples: str | None = Field(None, pattern=ENTRYPOINT, description="Callable(n, seed) returning sample "
+                                "inputs (array or {name: array}) for verification; default: random from specs.")
+    calibration: str | None = Field(None, pattern=ENTRYPOINT, description="Callable returning calibration "
+                                    "inputs for static quantization.")
+    validation: str | None = Field(None, pattern=ENTRYPOINT, description="Callable returning (inputs, labels) "
+                                   "on which verify.metric is evaluated.")
+
+
+class TuningSection(Strict):
+    trials: int = Field(0, ge=0, le=1_000_000, description="MetaSchedule trials in all; 0 builds untuned.")
+    database: str = Field(".accelc/tuning", description="Tuning database directory, relative to the repository.")
+
+
+class Tolerance(Strict):
+    atol: float = Field(1e-4, ge=0, allow_inf_nan=False, description="Absolute tolerance per element.")
+    rtol: float = Field(1e-3, ge=0, allow_inf_nan=False, description="Relative tolerance per element.")
+
+
+class MetricGate(Strict):
+    name: Literal["auc", "accuracy", "logloss", "mse", "top1"] = Field(description="Task metric.")
+    max_drop: float = Field(ge=0, allow_inf_nan=False, description="Largest allowed worsening of the metric.")
+
+
+class VerifySection(Strict):
+    tolerance: Tolerance = Field(default_factory=Tolerance, description="Compiled vs original model.")
+    samples: int = Field(8, ge=1, le=10_000, description="Seeded sample batches per batch size.")
+    seed: int = Field(0, ge=0, description="Seed for generated samples.")
+    metric: MetricGate | None = Field(None, description="Task-metric gate on data.validation.")
+
+
+PassConfig = Annotated[Union[tuple(PASS_CONFIGS.values())], Field(discriminator="kind")]
+
+
+class Recipe(Strict):
+    version: Literal[1] = Field(description="Recipe format version.")
+    name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]{0,63}$", description="Name used in output paths.")
+    model: ModelSection = Field(description="What to compile.")
+    data: DataSection = Field(default_factory=DataSection, description="Where sample data comes from.")
+    passes: list[PassConfig] = Field(default_factory=list, description="Graph rewrites, applied in order.")
+    target: str = Field("x86", description="Target name or alias from targets/; --target overrides.")
+    tuning: TuningSection = Field(default_factory=TuningSection, description="MetaSchedule tuning.")
+    verify: VerifySection = Field(default_factory=VerifySection, description="How the artifact is checked.")
+    output: str = Field("build/{name}-{target}", description="Artifact directory; {name} and {target} expand.")
+
+
+class LoadedRecipe(BaseModel):
+    """A validated recipe plus where it came from."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+    recipe: Recipe
+    path: Path
+    root: Path  # the recipe's repository: entrypoints and relative paths resolve here
+    text: str
+    located: Any = None
+
+    def where(self, *field_path) -> str:
+        return self.located.where(field_path) if self.located else str(self.path)
+
+    def resolve(self, relative: str) -> Path:
+        return (self.root / relative).resolve()
+
+
+def find_root(recipe_path: Path) -> Path:
+    """The nearest ancestor holding pyproject.toml or .git; else the recipe's parent's parent."""
+    start = recipe_path.resolve().parent
+    for folder in (start, *start.parents):
+        if (folder / "pyproject.toml").exists() or (folder / ".git").exists():
+            return folder
+    return start.parent if start.name == "recipes" else start
+
+
+# ---- turning pydantic errors into located problems -------------------------------------------
+
+def _unwrap(annotation) -> list:
+    """The BaseModel classes an annotation may hold (through Optional, list, Annotated, Union)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found = []
+    for arg in typing.get_args(annotation) if origin is not None else ():
+        found.extend(_unwrap(arg))
+    return found
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The model class that holds the mapping at `loc` (pass configs chosen by kind)."""
+    model: type[BaseModel] | None = Recipe
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        if part in PASS_CONFIGS and model is Recipe:
+            model = PASS_CONFIGS[part]
+            continue
+        info = model.model_fields.get(part)
+        candidates = _unwrap(info.annotation) if info else []
+        model = candidates[0] if len(candidates) == 1 else None
+    return model
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """Drop the discriminator tag pydantic inserts after passes[i]."""
+    if len(loc) >= 3 and loc[0] == "passes" and isinstance(loc[1], int) and loc[2] in PASS_CONFIGS:
+        return loc[:2] + loc[3:]
+    return loc
+
+
+def _problem(err: dict, located: yamlio.Located, tagged_loc: tuple) -> Problem:
+    loc = _clean_loc(tagged_loc)
+    kind, field = err["type"], yamlio.dotted(loc)
+    if kind == "extra_forbidden":
+        parent = _model_at(tagged_loc[:-1])
+        hint = did_you_mean(loc[-1], parent.model_fields) if parent else None
+        if parent and not hint:
+            hint = "allowed keys: " + ", ".join(parent.model_fields)
+        return Problem("E103", f"unknown key '{loc[-1]}'", located.where(loc, prefer_key=True), field, hint)
+    if kind == "union_tag_invalid":
+        tag = err["ctx"]["tag"]
+        hint = did_you_mean(tag, PASS_CONFIGS) or "known kinds: " + ", ".join(PASS_CONFIGS)
+        return Problem("E104", f"unknown pass kind '{tag}'", located.where(loc + ("kind",)),
+                       yamlio.dotted(loc + ("kind",)), hint)
+    if kind == "union_tag_not_found":
+        return Problem("E104", "a pass needs a 'kind'", located.where(loc), field,
+                       "known kinds: " + ", ".join(PASS_CONFIGS))
+    if kind == "missing":
+        return Problem("E102", f"missing required field '{loc[-1]}'", located.where(loc[:-1]), field)
+    message = err["msg"].removeprefix("Value error, ")
+    if kind not in ("value_error", "assertion_error"):
+        message += f" (got {err.get('input')!r:.60})"
+    return Problem("E102", message, located.where(loc), field)
+
+
+def parse(located: yamlio.Located) -> Recipe:
+    """Validate parsed YAML against the schema; all problems at once."""
+    if not isinstance(located.data, dict):
+        raise RecipeError(f"a recipe is a mapping of sections, got {type(located.data).__name__}",
+                          code="E102", location=located.where(()))
+    try:
+        return Recipe.model_validate(located.data)
+    except ValidationError as exc:
+        problems = [_problem(err, located, tuple(err["loc"])) for err in exc.errors()]
+        raise RecipeError(problems=sorted(set(problems), key=lambda p: _line_order(p.location))) from None
+
+
+def _line_order(location: str | None) -> tuple:
+    match = re.search(r":(\d+):(\d+)$", location or "")
+    return (int(match[1]), int(match[2])) if match else (0, 0)
+
+
+def load(path: str | Path) -> LoadedRecipe:
+    """Load, validate and locate a recipe file."""
+    path = Path(path)
+    display = _display(path)
+    located = yamlio.load_file(path, display)
+    recipe = parse(located)
+    return LoadedRecipe(recipe=recipe, path=path.resolve(), root=find_root(path), text=path.read_text("utf-8"),
+                        located=located)
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def json_schema() -> dict:
+    return Recipe.model_json_schema()
