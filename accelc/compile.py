@@ -64,14 +64,14 @@ def build(recipe_path, target: str | None = None, output: str | Path | None = No
                                      PassContext(captured.example_inputs, loaded, log))
     stage(f"lowering to Relax and compiling for {spec.name}")
     tvm_target = spec.tvm_target()
-    program = lower.export_program(graph, captured.example_inputs, captured.dynamic_shapes)
-    lowered = lower.to_relax(program, tvm_target)
+    programs = lower.export_programs(graph, recipe.model.inputs, recipe.model.batch)
+    lowered = lower.to_relax(programs, tvm_target)
     executable = lower.compile_module(lowered, tvm_target)
     stage("writing the artifact")
     with artifact.staging(out) as tmp:
         lower.export_library(executable, tmp / artifact.LIBRARY, spec)
         lower.save_params(lowered.params, tmp / artifact.PARAMS)
-        manifest = _manifest(loaded, spec, captured, lowered, pass_reports)
+        manifest = _manifest(loaded, spec, captured, programs, lowered, pass_reports)
         artifact.write_manifest(tmp, {**manifest, "verification": {"status": "pending"}})
         stage("verifying against the original model")
         report = _verify(loaded, spec, captured, tmp)
@@ -104,8 +104,11 @@ def sample_sets(loaded) -> list[tuple[int, list]]:
     source = None
     if recipe.data.samples:
         source = capture.import_entrypoint(recipe.data.samples, loaded.root, loaded.where("data", "samples"))
+    sizes = list(recipe.model.batch)
+    if sizes[0] + 1 not in sizes:
+        sizes.append(sizes[0] + 1)  # a size that was not built: exercises the runtime's padding
     sets = []
-    for batch in recipe.model.batch:
+    for batch in sizes:
         samples = []
         for i in range(recipe.verify.samples):
             seed = recipe.verify.seed + 1000 * batch + i
@@ -115,9 +118,11 @@ def sample_sets(loaded) -> list[tuple[int, list]]:
     return sets
 
 
-def _manifest(loaded, spec, captured: capture.Captured, lowered, pass_reports) -> dict:
+def _manifest(loaded, spec, captured: capture.Captured, programs, lowered, pass_reports) -> dict:
     import torch
     import tvm
+
+    from .backends.tvm import lower
     recipe = loaded.recipe
     reference = capture.run_eager(captured.model, [t.numpy() for t in captured.example_inputs])
     batch = captured.example_inputs[0].shape[0] if captured.example_inputs else 1
@@ -133,6 +138,7 @@ def _manifest(loaded, spec, captured: capture.Captured, lowered, pass_reports) -
         "outputs": [{"name": n, "shape": ["batch" if i == 0 and r.ndim and r.shape[0] == batch else d
                                           for i, d in enumerate(r.shape)], "dtype": str(r.dtype)}
                     for n, r in zip(captured.output_names, reference)],
+        "functions": {str(b): lower.function_name(b) for b in programs},
         "params": list(lowered.params),
         "param_bytes": int(sum(p.nbytes for p in lowered.params.values())),
         "passes": pass_reports,

@@ -16,7 +16,7 @@ from .errors import ArtifactError, InputError
 class Predictor:
     """A loaded artifact: call it with numpy arrays (positional or by input name)."""
 
-    def __init__(self, path: str | Path, check_host: bool = True):
+    def __init__(self, path: str | Path, check_host: bool = True, batching: str = "pad"):
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
@@ -25,7 +25,9 @@ class Predictor:
         artifact.check_files(self.path, self.manifest)  # before any native code is loaded
         self.inputs = self.manifest["inputs"]
         self.outputs = self.manifest["outputs"]
-        self.max_batch = max(self.manifest["batch"])
+        if batching not in ("pad", "exact"):
+            raise InputError(f"batching must be 'pad' or 'exact', got {batching!r}", code="E804")
+        self.batching = batching  # pad/split other sizes onto built ones, or refuse them
         target = self.manifest["target"]
         if check_host:
             ok, why = host.can_run(target["device"], target["arch"], target.get("cpu_features", []))
@@ -36,8 +38,11 @@ class Predictor:
         self._vm = VirtualMachine(library, self.device)
         params = tvm.runtime.load_param_dict_from_file(str(self.path / artifact.PARAMS))
         ordered = [tvm.runtime.tensor(params[name].numpy(), self.device) for name in self.manifest["params"]]
-        self._params = list(self._vm["main_transform_params"](ordered)) if ordered else []
-        self._main = self._vm["main"]  # looked up once
+        self._params = list(self._vm["transform_params"](ordered)) if ordered else []
+        # One static function per built batch size, looked up once ({None: main} without a batch dim).
+        self._functions = {(int(b) if b != "None" else None): self._vm[name]
+                           for b, name in self.manifest["functions"].items()}
+        self.sizes = sorted(b for b in self._functions if b is not None)
         self._tensor = tvm.runtime.tensor
 
     def _prepare(self, args, kwargs) -> list[np.ndarray]:
@@ -64,15 +69,42 @@ class Predictor:
         ok = array.ndim == len(shape) and all(d == "batch" or d == a for d, a in zip(expected, array.shape))
         if not ok:
             raise InputError(f"input '{name}' must have shape {expected}, got {list(array.shape)}", code="E802")
-        if "batch" in shape and not 1 <= array.shape[shape.index("batch")] <= self.max_batch:
-            raise InputError(f"input '{name}': batch {array.shape[shape.index('batch')]} is outside the built "
-                             f"range [1, {self.max_batch}]", code="E802")
+        if "batch" in shape and shape.index("batch") != 0:
+            raise InputError(f"input '{name}': the batch dimension must come first", code="E802")
+        if "batch" in shape and self.batching == "exact" and array.shape[0] not in self.sizes:
+            raise InputError(f"input '{name}': batch {array.shape[0]} was not built (built: {self.sizes}); "
+                             "use batching='pad' to pad or split", code="E802")
+        if "batch" in shape and array.shape[0] < 1:
+            raise InputError(f"input '{name}': empty batch", code="E802")
         return np.ascontiguousarray(array)
 
     def predict(self, *args, **kwargs) -> list[np.ndarray]:
         """All outputs as a list of numpy arrays."""
         arrays = self._prepare(args, kwargs)
-        result = self._main(*[self._tensor(a, self.device) for a in arrays], *self._params)
+        if not self.sizes:
+            return self._run(None, arrays)
+        batch = next(a.shape[0] for a, s in zip(arrays, self.inputs) if "batch" in s["shape"])
+        chunks = []
+        for start in range(0, batch, self.sizes[-1]):  # above the largest size: split
+            part = [a[start:start + self.sizes[-1]] if "batch" in s["shape"] else a
+                    for a, s in zip(arrays, self.inputs)]
+            chunks.append(self._run_padded(part, min(batch - start, self.sizes[-1])))
+        if len(chunks) == 1:
+            return chunks[0]
+        return [np.concatenate(parts) if "batch" in o["shape"] else parts[0]
+                for o, parts in zip(self.outputs, zip(*chunks))]
+
+    def _run_padded(self, arrays: list[np.ndarray], n: int) -> list[np.ndarray]:
+        """Run on the smallest built size >= n, zero-padding the batch, and cut the outputs back."""
+        size = next(b for b in self.sizes if b >= n)
+        if size != n:
+            arrays = [np.concatenate([a, np.zeros((size - n, *a.shape[1:]), a.dtype)]) if "batch" in s["shape"]
+                      else a for a, s in zip(arrays, self.inputs)]
+        outputs = self._run(size, arrays)
+        return [out[:n] if "batch" in o["shape"] else out for o, out in zip(self.outputs, outputs)]
+
+    def _run(self, size: int | None, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        result = self._functions[size](*[self._tensor(a, self.device) for a in arrays], *self._params)
         items = result if isinstance(result, (list, tuple)) or hasattr(result, "__len__") and not hasattr(
             result, "numpy") else [result]
         return [item.numpy() for item in items]
@@ -83,6 +115,10 @@ class Predictor:
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
-def load(path: str | Path, check_host: bool = True) -> Predictor:
-    """Load an artifact directory, checking file hashes and that it can run on this machine."""
-    return Predictor(path, check_host=check_host)
+def load(path: str | Path, check_host: bool = True, batching: str = "pad") -> Predictor:
+    """Load an artifact directory, checking file hashes and that it can run on this machine.
+
+    batching='pad' serves any batch size by padding to the next built size (and splitting above
+    the largest); batching='exact' refuses sizes that were not built.
+    """
+    return Predictor(path, check_host=check_host, batching=batching)

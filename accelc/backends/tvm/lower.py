@@ -33,6 +33,14 @@ def export_program(gm: torch.fx.GraphModule, example_inputs, dynamic_shapes) -> 
         return program.run_decompositions()
 
 
+def export_programs(gm: torch.fx.GraphModule, specs, sizes: list[int]) -> dict:
+    """{batch: static ExportedProgram} for each built size ({None: ...} without a batch dim)."""
+    from ...capture import random_inputs, to_torch
+    if not any("batch" in spec.shape for spec in specs):
+        return {None: export_program(gm, to_torch(random_inputs(specs, 1, 0)), None)}
+    return {b: export_program(gm, to_torch(random_inputs(specs, b, 0)), None) for b in sizes}
+
+
 def check_supported(program: torch.export.ExportedProgram, custom_ops=()) -> None:
     """One UnsupportedOpError listing every op the importer has no converter for."""
     known = set(ExportedProgramImporter().convert_map) | set(custom_ops)
@@ -44,18 +52,37 @@ def check_supported(program: torch.export.ExportedProgram, custom_ops=()) -> Non
             "E400", "replace these ops in the model, or add a converter (custom_convert_map)")])
 
 
-def to_relax(program: torch.export.ExportedProgram, target, custom_convert_map=None) -> Lowered:
-    check_supported(program, custom_convert_map or {})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mod = from_exported_program(program, keep_params_as_input=True, run_ep_decomposition=False,
-                                    custom_convert_map=custom_convert_map)
-    mod, detached = relax.frontend.detach_params(mod)
-    names = [p.name for p in mod["main"].params[mod["main"].attrs["num_input"]:]]
-    params = {name: t.numpy() for name, t in zip(names, detached.get("main", []))}
+def function_name(batch: int | None) -> str:
+    """One static Relax function per built batch size; 'main' when the model has no batch dim."""
+    return f"main_b{batch}" if batch else "main"
+
+
+def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
+    """Import one exported program per batch size into one IRModule with static shapes.
+
+    Static functions are what MetaSchedule can tune and they run faster than a symbolic batch
+    (benchmarks/batch_modes.py); weight transforms are shared by all of them.
+    """
+    mod, params, first = tvm.IRModule(), None, None
+    for batch, program in programs.items():
+        check_supported(program, custom_convert_map or {})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            single = from_exported_program(program, keep_params_as_input=True, run_ep_decomposition=False,
+                                           custom_convert_map=custom_convert_map)
+        single, detached = relax.frontend.detach_params(single)
+        main = single["main"]
+        names = [p.name for p in main.params[main.attrs["num_input"]:]]
+        if params is None:
+            params, first = {n: t.numpy() for n, t in zip(names, detached.get("main", []))}, program
+        name = function_name(batch)
+        mod[name] = main.with_attr("global_symbol", name)
+        for gvar, func in single.functions.items():  # helper functions, if any, keep their names
+            if gvar.name_hint != "main":
+                mod[gvar.name_hint] = func
     with target:
         mod = tvm.transform.Sequential(prepare_passes(target))(mod)
-    return Lowered(mod, params, program)
+    return Lowered(mod, params or {}, first)
 
 
 def compile_module(lowered: Lowered, target, database=None):

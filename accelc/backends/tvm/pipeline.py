@@ -10,7 +10,7 @@ def prepare_passes(target) -> list:
     """Target-independent clean-up before lowering."""
     return [
         relax.transform.DecomposeOpsForInference(),  # batch_norm etc. into elementwise ops
-        relax.transform.LiftTransformParams(),  # weight transposes run once at load, not per call
+        relax.transform.LiftTransformParams(shared_transform=True),  # weight transposes run once at load
         relax.transform.FoldConstant(),
     ]
 
