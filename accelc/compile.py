@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, artifact, capture, recipe as recipe_mod, targets, verify
+from . import __version__, artifact, capture, data, metrics, recipe as recipe_mod, targets, verify
 from .errors import VerificationError
 
 
@@ -53,6 +53,7 @@ def build(recipe_path, target: str | None = None, output: str | Path | None = No
     targets.check_compatible(spec, recipe, loaded.where)
     spec.check_toolchain()
     out = Path(output) if output else loaded.resolve(recipe.output.format(name=recipe.name, target=spec.name))
+    validation = data.validation_data(loaded) if recipe.verify.metric else None  # bad data fails before work
 
     from .backends.tvm import lower  # the compiler side: imported only when building
     from .passes import PassContext, run_passes
@@ -66,36 +67,56 @@ def build(recipe_path, target: str | None = None, output: str | Path | None = No
     tvm_target = spec.tvm_target()
     programs = lower.export_programs(graph, recipe.model.inputs, recipe.model.batch)
     lowered = lower.to_relax(programs, tvm_target)
-    executable = lower.compile_module(lowered, tvm_target)
+    tuning, database = {"trials": 0}, None
+    if recipe.tuning.trials:
+        from .backends.tvm import tune
+        tvm_target = tune.tuning_target(tvm_target, recipe.tuning.threads)
+        tuning, database = tune.tune(lowered.mod, tvm_target, loaded.resolve(recipe.tuning.database),
+                                     recipe.tuning.trials, log)
+    executable = lower.compile_module(lowered, tvm_target, database)
     stage("writing the artifact")
     with artifact.staging(out) as tmp:
         lower.export_library(executable, tmp / artifact.LIBRARY, spec)
         lower.save_params(lowered.params, tmp / artifact.PARAMS)
-        manifest = _manifest(loaded, spec, captured, programs, lowered, pass_reports)
+        manifest = {**_manifest(loaded, spec, captured, programs, lowered, pass_reports), "tuning": tuning}
         artifact.write_manifest(tmp, {**manifest, "verification": {"status": "pending"}})
         stage("verifying against the original model")
-        report = _verify(loaded, spec, captured, tmp)
+        report = _verify(loaded, spec, captured, tmp, validation)
         manifest = artifact.write_manifest(tmp, {**manifest, "verification": report,
                                                  "verified": report["status"] == "passed"})
         log(verify.format_report(report))
         if report["status"] == "failed":
-            raise VerificationError("the compiled module does not match the original model; "
-                                    f"nothing was written to {out}", code="E600")
+            raise VerificationError(f"{_failure(report)}; nothing was written to {out}", code="E600")
     stage.done()
     log(f"artifact: {out} ({'verified' if manifest['verified'] else 'NOT verified'})")
     return BuildResult(out, manifest, report, stage.timings)
 
 
-def _verify(loaded, spec, captured: capture.Captured, folder: Path) -> dict:
+def _failure(report: dict) -> str:
+    metric = report.get("metric")
+    if metric and not metric["passed"]:
+        return (f"metric {metric['name']} got worse by {metric['drop']:.6g} (original {metric['original']:.6f}, "
+                f"compiled {metric['compiled']:.6f}); verify.metric.max_drop is {metric['max_drop']:g}")
+    return "the compiled module does not match the original model"
+
+
+def _verify(loaded, spec, captured: capture.Captured, folder: Path, validation=None) -> dict:
     ok, why = spec.runs_here()
     if not ok:
         return verify.skipped(f"target '{spec.name}' cannot run on this machine: {why}")
     from . import runtime
     predictor = runtime.load(folder)
-    return verify.verify(lambda arrays: predictor.predict(*arrays),
-                         lambda arrays: capture.run_eager(captured.model, arrays),
-                         sample_sets(loaded), loaded.recipe.verify.tolerance.atol,
-                         loaded.recipe.verify.tolerance.rtol, captured.output_names)
+    run_compiled = lambda arrays: predictor.predict(*arrays)  # noqa: E731
+    run_reference = lambda arrays: capture.run_eager(captured.model, arrays)  # noqa: E731
+    report = verify.verify(run_compiled, run_reference, sample_sets(loaded), loaded.recipe.verify.tolerance.atol,
+                           loaded.recipe.verify.tolerance.rtol, captured.output_names)
+    gate = loaded.recipe.verify.metric
+    if gate and validation is not None:  # the task metric: original eager model vs the artifact
+        report["metric"] = metrics.evaluate(gate.name, gate.max_drop, run_compiled, run_reference, *validation,
+                                            max(loaded.recipe.model.batch))
+        if not report["metric"]["passed"]:
+            report["status"] = "failed"
+    return report
 
 
 def sample_sets(loaded) -> list[tuple[int, list]]:
@@ -134,7 +155,9 @@ def _manifest(loaded, spec, captured: capture.Captured, programs, lowered, pass_
         "target": {"name": spec.name, "tvm": spec.tvm, "host": spec.host, "device": spec.device, "arch": spec.arch,
                    "cpu_features": spec.cpu_features, "cuda_archs": spec.cuda_archs},
         "batch": recipe.model.batch,
-        "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype} for s in recipe.model.inputs],
+        "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype,
+                    **({"columns": s.columns} if s.columns else {}), **({"units": s.units} if s.units else {})}
+                   for s in recipe.model.inputs],
         "outputs": [{"name": n, "shape": ["batch" if i == 0 and r.ndim and r.shape[0] == batch else d
                                           for i, d in enumerate(r.shape)], "dtype": str(r.dtype)}
                     for n, r in zip(captured.output_names, reference)],

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+import string
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 from . import yamlio
 from .errors import Problem, RecipeError, did_you_mean
@@ -17,6 +20,13 @@ from .passes import PASS_CONFIGS
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
 MAX_ELEMENTS = 1 << 28  # per input at the largest batch: 1 GiB of float32
 ENTRYPOINT = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+OUTPUT_FIELDS = ("name", "target")
+
+
+def located_error(message: str, *at) -> PydanticCustomError:
+    """A model-level error that belongs to a field below the model (`at`), so that the loader
+    can point at that field's line instead of the enclosing section."""
+    return PydanticCustomError("located", message, {"at": at})  # `message` must not contain "{at}"
 
 
 class Strict(BaseModel):
@@ -31,6 +41,33 @@ class InputSpec(Strict):
     dtype: Literal[DTYPES] = Field("float32", description="Element type.")  # type: ignore[valid-type]
     range: tuple[float, float] | None = Field(
         None, description="[low, high) for generated samples; integer inputs (token ids) need it.")
+    columns: list[str] | None = Field(
+        None, description="Raw schema: the name of each entry of the last dimension, in order (recorded in the "
+        "manifest; data.csv reads these columns).")
+    units: list[str] | None = Field(None, description="Unit of each column, in the order of `columns`.")
+
+    @model_validator(mode="after")
+    def _columns(self):
+        if self.columns is not None:
+            last = self.shape[-1]
+            if not isinstance(last, int) or last != len(self.columns):
+                raise located_error(f"{len(self.columns)} columns but the last dimension is {last!r}", "columns")
+            repeated = sorted({c for c in self.columns if self.columns.count(c) > 1})
+            if repeated:
+                raise located_error(f"column names must be unique; repeated: {repeated}", "columns")
+        if self.units is not None and (self.columns is None or len(self.units) != len(self.columns)):
+            raise located_error("units needs columns, one unit per column", "units")
+        return self
+
+    @field_validator("shape", mode="before")
+    @classmethod
+    def _dim_types(cls, shape):
+        """One clear message instead of one per member of the int|str union (and no bools as 1)."""
+        if isinstance(shape, list):
+            for dim in shape:
+                if isinstance(dim, bool) or not isinstance(dim, (int, str)):
+                    raise ValueError(f"a dimension is a positive integer or 'batch', got {dim!r:.40}")
+        return shape
 
     @field_validator("shape")
     @classmethod
@@ -62,7 +99,7 @@ class ModelSection(Strict):
     weights: str | None = Field(None, description="Weights file (.safetensors, or .pt loaded with "
                                 "weights_only=True), relative to the recipe's repository.")
     inputs: list[InputSpec] = Field(min_length=1, description="The model's positional inputs, in order.")
-    batch: list[int] = Field([1], min_length=1, description="Batch sizes the artifact must serve and is "
+    batch: list[StrictInt] = Field([1], min_length=1, description="Batch sizes the artifact must serve and is "
                              "verified at.")
 
     @field_validator("batch")
@@ -75,13 +112,14 @@ class ModelSection(Strict):
     @model_validator(mode="after")
     def _sizes(self):
         names = [i.name for i in self.inputs]
-        if len(set(names)) != len(names):
-            raise ValueError(f"input names must be unique, got {names}")
-        for spec in self.inputs:
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise located_error(f"input name '{name}' is used twice", "inputs", index, "name")
+        for index, spec in enumerate(self.inputs):  # refused before anything is allocated
             count = math.prod(spec.concrete(max(self.batch)))
             if count > MAX_ELEMENTS:
-                raise ValueError(f"input '{spec.name}' has {count} elements at batch {max(self.batch)}; "
-                                 f"the limit is {MAX_ELEMENTS}")
+                raise located_error(f"input '{spec.name}' has {count} elements at batch {max(self.batch)}; "
+                                    f"the limit is {MAX_ELEMENTS}", "inputs", index, "shape")
         return self
 
 
@@ -92,11 +130,31 @@ class DataSection(Strict):
                                     "inputs for static quantization.")
     validation: str | None = Field(None, pattern=ENTRYPOINT, description="Callable returning (inputs, labels) "
                                    "on which verify.metric is evaluated.")
+    csv: str | None = Field(None, description="CSV file (relative to the repository) with the validation data "
+                            "for verify.metric: the first input's `columns` plus the label column.")
+    label: str | None = Field(None, description="Label column of data.csv (0/1 for binary metrics).")
+
+    @model_validator(mode="after")
+    def _csv(self):
+        if self.csv is not None and self.validation is not None:
+            raise located_error("give data.csv or data.validation, not both", "csv")
+        if self.csv is not None and self.label is None:
+            raise located_error("data.csv needs data.label, the name of the label column", "csv")
+        if self.label is not None and self.csv is None:
+            raise located_error("data.label names a column of data.csv, which is not given", "label")
+        return self
 
 
 class TuningSection(Strict):
-    trials: int = Field(0, ge=0, le=1_000_000, description="MetaSchedule trials in all; 0 builds untuned.")
+    trials: StrictInt = Field(0, ge=0, le=1_000_000, description="MetaSchedule trials in all; 0 builds untuned.")
     database: str = Field(".accelc/tuning", description="Tuning database directory, relative to the repository.")
+    threads: int = Field(default_factory=lambda: _physical_cores(), ge=1, le=1024,
+                         description="Threads the tuned module is scheduled for (default: this machine's cores).")
+
+
+def _physical_cores() -> int:
+    import os
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 class Tolerance(Strict):
@@ -111,8 +169,8 @@ class MetricGate(Strict):
 
 class VerifySection(Strict):
     tolerance: Tolerance = Field(default_factory=Tolerance, description="Compiled vs original model.")
-    samples: int = Field(8, ge=1, le=10_000, description="Seeded sample batches per batch size.")
-    seed: int = Field(0, ge=0, description="Seed for generated samples.")
+    samples: StrictInt = Field(8, ge=1, le=10_000, description="Seeded sample batches per batch size.")
+    seed: StrictInt = Field(0, ge=0, le=2**32 - 1, description="Seed for generated samples.")
     metric: MetricGate | None = Field(None, description="Task-metric gate on data.validation.")
 
 
@@ -129,6 +187,20 @@ class Recipe(Strict):
     tuning: TuningSection = Field(default_factory=TuningSection, description="MetaSchedule tuning.")
     verify: VerifySection = Field(default_factory=VerifySection, description="How the artifact is checked.")
     output: str = Field("build/{name}-{target}", description="Artifact directory; {name} and {target} expand.")
+
+    @field_validator("output")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        """Only {name} and {target}: anything else would fail (or run format specs) at build time."""
+        try:
+            parts = list(string.Formatter().parse(value))
+        except ValueError as exc:
+            raise ValueError(f"malformed placeholder: {exc}; write a literal brace as {{{{ or }}}}") from None
+        for _, name, spec, conversion in parts:
+            if name is not None and (name not in OUTPUT_FIELDS or spec or conversion):
+                text = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+                raise ValueError(f"placeholder '{{{text}}}' is not allowed; only {{name}} and {{target}} expand")
+        return value
 
 
 class LoadedRecipe(BaseModel):
@@ -211,6 +283,9 @@ def _problem(err: dict, located: yamlio.Located, tagged_loc: tuple) -> Problem:
     if kind == "union_tag_not_found":
         return Problem("E104", "a pass needs a 'kind'", located.where(loc), field,
                        "known kinds: " + ", ".join(PASS_CONFIGS))
+    if kind == "located":
+        loc = loc + tuple(err["ctx"]["at"])
+        return Problem("E102", err["msg"], located.where(loc), yamlio.dotted(loc))
     if kind == "missing":
         return Problem("E102", f"missing required field '{loc[-1]}'", located.where(loc[:-1]), field)
     message = err["msg"].removeprefix("Value error, ")

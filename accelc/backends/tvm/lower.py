@@ -1,6 +1,7 @@
 """fx.GraphModule -> torch.export (core ATen) -> Relax -> compiled, exported library."""
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
 def compile_module(lowered: Lowered, target, database=None):
     """Run the target pipeline and codegen; failures name the ops involved."""
     try:
-        with target, tvm.transform.PassContext(opt_level=3):
+        with target, tvm.transform.PassContext(opt_level=3), database or contextlib.nullcontext():
             return tvm.compile(lowered.mod, target=target, relax_pipeline=build_pipeline(target, database))
     except tvm.error.TVMError as exc:
         raise _compile_error(exc, lowered.program) from None

@@ -36,6 +36,14 @@ def cuda_pipeline(target, database=None) -> list:
     return _backend_passes(backend, target, database)
 
 
+def fusion_passes(target) -> list:
+    """Legalize + fuse as the target's build pipeline does (what tuning tasks are extracted from)."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.relax.backend.cuda import pipeline as cuda
+    backend = cuda if target.kind.name == "cuda" else cpu
+    return [p for p in backend.legalize_passes(target) if p.info.name != "ApplyDefaultSchedule"]
+
+
 PIPELINES = {"llvm": cpu_pipeline, "cuda": cuda_pipeline}
 
 
