@@ -65,7 +65,12 @@ def build(recipe_path, target: str | None = None, output: str | Path | None = No
                                      PassContext(captured.example_inputs, loaded, log))
     stage(f"lowering to Relax and compiling for {spec.name}")
     tvm_target = spec.tvm_target()
-    programs = lower.export_programs(graph, recipe.model.inputs, recipe.model.batch)
+    try:
+        programs = lower.export_programs(graph, recipe.model.inputs, recipe.model.batch)
+    except Exception as exc:  # the captured graph exported once; failing now means a pass broke it
+        exc.add_note(f"re-exporting the rewritten graph failed after passes: "
+                     f"{', '.join(r['kind'] for r in pass_reports) or 'none'}")
+        raise
     lowered = lower.to_relax(programs, tvm_target)
     tuning, database = {"trials": 0}, None
     if recipe.tuning.trials:
@@ -156,7 +161,8 @@ def _manifest(loaded, spec, captured: capture.Captured, programs, lowered, pass_
                    "cpu_features": spec.cpu_features, "cuda_archs": spec.cuda_archs},
         "batch": recipe.model.batch,
         "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype,
-                    **({"columns": s.columns} if s.columns else {}), **({"units": s.units} if s.units else {})}
+                    **({"columns": s.columns} if s.columns else {}), **({"units": s.units} if s.units else {}),
+                    **({"range": list(s.range)} if s.range else {})}
                    for s in recipe.model.inputs],
         "outputs": [{"name": n, "shape": ["batch" if i == 0 and r.ndim and r.shape[0] == batch else d
                                           for i, d in enumerate(r.shape)], "dtype": str(r.dtype)}

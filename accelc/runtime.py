@@ -21,8 +21,7 @@ class Predictor:
         from tvm.runtime.vm import VirtualMachine
 
         self.path = Path(path)
-        self.manifest = artifact.read_manifest(self.path)
-        artifact.check_files(self.path, self.manifest)  # before any native code is loaded
+        self.manifest = _checked_manifest(self.path)  # hashes checked before any native code is loaded
         self.inputs = self.manifest["inputs"]
         self.outputs = self.manifest["outputs"]
         if batching not in ("pad", "exact"):
@@ -34,14 +33,20 @@ class Predictor:
             if not ok:
                 raise ArtifactError(f"artifact for target '{target['name']}' cannot run here: {why}", code="E704")
         self.device = tvm.cuda(0) if target["device"] == "cuda" else tvm.cpu(0)
-        library = tvm.runtime.load_module(str(self.path / artifact.LIBRARY))
-        self._vm = VirtualMachine(library, self.device)
-        params = tvm.runtime.load_param_dict_from_file(str(self.path / artifact.PARAMS))
-        ordered = [tvm.runtime.tensor(params[name].numpy(), self.device) for name in self.manifest["params"]]
-        self._params = list(self._vm["transform_params"](ordered)) if ordered else []
-        # One static function per built batch size, looked up once ({None: main} without a batch dim).
-        self._functions = {(int(b) if b != "None" else None): self._vm[name]
-                           for b, name in self.manifest["functions"].items()}
+        try:
+            library = tvm.runtime.load_module(str(self.path / artifact.LIBRARY))
+            self._vm = VirtualMachine(library, self.device)
+            params = tvm.runtime.load_param_dict_from_file(str(self.path / artifact.PARAMS))
+            ordered = [tvm.runtime.tensor(params[name].numpy(), self.device) for name in self.manifest["params"]]
+            self._params = list(self._vm["transform_params"](ordered)) if ordered else []
+            # One static function per built batch size, looked up once ({None: main} without a batch dim).
+            self._functions = {(int(b) if b != "None" else None): self._vm[name]
+                               for b, name in self.manifest["functions"].items()}
+        except (RuntimeError, OSError, KeyError, AttributeError, ValueError, TypeError) as exc:  # TVM: builtins
+            lines = str(exc).strip().splitlines()
+            raise ArtifactError(f"cannot load artifact {self.path}: {type(exc).__name__}: "
+                                f"{lines[-1][:300] if lines else ''}", code="E706",
+                                hint="it may come from another accelc or TVM version; rebuild it") from None
         self.sizes = sorted(b for b in self._functions if b is not None)
         self._tensor = tvm.runtime.tensor
 
@@ -51,7 +56,13 @@ class Predictor:
             unknown = sorted(set(kwargs) - set(names))
             if unknown:
                 raise InputError(f"unknown input(s) {unknown}; the artifact takes {names}", code="E801")
-            args = list(args) + [kwargs[n] for n in names[len(args):] if n in kwargs]
+            twice = [n for n in names[:len(args)] if n in kwargs]
+            if twice:
+                raise InputError(f"input(s) {twice} given both by position and by name", code="E801")
+            missing = [n for n in names[len(args):] if n not in kwargs]
+            if missing:
+                raise InputError(f"missing input(s) {missing}; the artifact takes {names}", code="E801")
+            args = list(args) + [kwargs[n] for n in names[len(args):]]
         if len(args) != len(names):
             raise InputError(f"expected {len(names)} input(s) {names}, got {len(args)}", code="E801")
         arrays = [self._check(spec, np.asarray(value)) for spec, value in zip(self.inputs, args)]
@@ -76,6 +87,13 @@ class Predictor:
                              "use batching='pad' to pad or split", code="E802")
         if "batch" in shape and array.shape[0] < 1:
             raise InputError(f"input '{name}': empty batch", code="E802")
+        if "range" in spec and array.dtype.kind in "iu" and array.size:
+            # integer inputs index tables (embeddings): out of range they read out of bounds in native code
+            low, high = spec["range"]
+            if array.min() < low or array.max() >= high:
+                bad = np.flatnonzero((array < low) | (array >= high))[0]
+                raise InputError(f"input '{name}': value {array.flat[bad]} at flat index {bad} is outside "
+                                 f"[{low:g}, {high:g})", code="E805")
         return np.ascontiguousarray(array)
 
     def predict(self, *args, **kwargs) -> list[np.ndarray]:
@@ -113,6 +131,21 @@ class Predictor:
         """The output array, or a tuple of them for multi-output models."""
         outputs = self.predict(*args, **kwargs)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _checked_manifest(folder: Path) -> dict:
+    """The manifest, with the fields the predictor reads present and every file's hash checked."""
+    manifest = artifact.read_manifest(folder)
+    artifact.require(manifest, folder, inputs=list, outputs=list, target=dict, params=list, functions=dict)
+    target = manifest["target"]
+    if not all(isinstance(target.get(key), str) for key in ("name", "device", "arch")) or not all(
+            isinstance(spec, dict) and {"name", "shape", "dtype"} <= set(spec) for spec in manifest["inputs"]):
+        raise ArtifactError(f"{folder / artifact.MANIFEST}: malformed target or inputs", code="E701")
+    missing = [name for name in (artifact.LIBRARY, artifact.PARAMS) if name not in manifest["files"]]
+    if missing:
+        raise ArtifactError(f"{folder / artifact.MANIFEST} does not list {missing}", code="E701")
+    artifact.check_files(folder, manifest)
+    return manifest
 
 
 def load(path: str | Path, check_host: bool = True, batching: str = "pad") -> Predictor:

@@ -36,6 +36,39 @@ def attach(gm, base: str, tensor: torch.Tensor, before) -> torch.fx.Node:
         return gm.graph.get_attr(f"{name}_{i}")
 
 
+def drop_unused(gm, targets: set[str]) -> None:
+    """Delete parameters/buffers no get_attr refers to any more, so folded-away tensors do not
+    travel into the compiled artifact (torch.export lifts every module tensor)."""
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for target in sorted(targets - used):
+        owner_path, _, name = target.rpartition(".")
+        owner = gm.get_submodule(owner_path) if owner_path else gm
+        if hasattr(owner, name):
+            delattr(owner, name)
+
+
+def foldable(producer, bn) -> bool:
+    """True when `bn` is an eval BatchNorm over the channels of a Conv/Linear used only by it."""
+    if not isinstance(producer, torch.fx.Node) or producer.target not in PRODUCERS:
+        return False
+    if len(producer.users) != 1 or bn.args[5]:  # shared output or training mode
+        return False
+    weight, bias = producer.args[1], producer.args[2] if len(producer.args) > 2 else None
+    consts = (weight, *bn.args[3:5])  # must be parameters/buffers
+    optional = (bias, *bn.args[1:3])  # parameters or absent
+    if not all(is_attr(a) for a in consts) or not all(a is None or is_attr(a) for a in optional):
+        return False
+    # BatchNorm scales dim 1: the output channels of a batched conv, but of a linear only when 2-D
+    out, kernel = producer.meta.get("val"), weight.meta.get("val")
+    if out is None or kernel is None:
+        return False
+    return out.dim() == (2 if producer.target == aten.linear.default else kernel.dim())
+
+
+def is_attr(arg) -> bool:
+    return isinstance(arg, torch.fx.Node) and arg.op == "get_attr"
+
+
 @register
 class FoldBatchNorm(Pass):
     kind = "fold_batchnorm"
@@ -45,20 +78,20 @@ class FoldBatchNorm(Pass):
                                                 "preceding Conv/Linear.")
 
     def run(self, gm, ctx: PassContext) -> PassResult:
-        folded = []
+        folded, replaced = [], set()
         for bn in list(gm.graph.nodes):
             if bn.op != "call_function" or bn.target != aten.batch_norm.default:
                 continue
             producer = bn.args[0]
-            if (not isinstance(producer, torch.fx.Node) or producer.target not in PRODUCERS
-                    or len(producer.users) != 1 or bn.args[5]):  # shared output or training mode
+            if not foldable(producer, bn):
                 continue
-            if not all(isinstance(a, torch.fx.Node) and a.op == "get_attr"
-                       for a in (producer.args[1], *bn.args[3:5])):
-                continue
+            old = [a for a in (*producer.args[1:3], *bn.args[1:5]) if is_attr(a)]
+            replaced |= {a.target for a in old}
+            replaced.add(bn.args[3].target.rpartition(".")[0] + ".num_batches_tracked")
             self._fold(gm, producer, bn)
             folded.append(producer.name)
         gm.graph.eliminate_dead_code()
+        drop_unused(gm, {t.lstrip(".") for t in replaced})
         gm.recompile()
         return PassResult(gm, bool(folded), {"folded": folded})
 

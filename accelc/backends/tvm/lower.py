@@ -91,7 +91,7 @@ def compile_module(lowered: Lowered, target, database=None):
     try:
         with target, tvm.transform.PassContext(opt_level=3), database or contextlib.nullcontext():
             return tvm.compile(lowered.mod, target=target, relax_pipeline=build_pipeline(target, database))
-    except tvm.error.TVMError as exc:
+    except (RuntimeError, ValueError, TypeError) as exc:  # TVM raises RuntimeError subclasses
         raise _compile_error(exc, lowered.program) from None
 
 
@@ -113,7 +113,7 @@ def export_library(executable, path: Path, target_spec) -> None:
         fcompile = cc.cross_compiler(target_spec.cross_compiler)
     try:
         executable.export_library(str(path), fcompile=fcompile)
-    except (tvm.error.TVMError, RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError) as exc:
         raise ToolchainError(f"linking the library failed: {str(exc).strip().splitlines()[-1][:300]}",
                              code="E502") from None
 

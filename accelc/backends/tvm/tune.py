@@ -34,7 +34,7 @@ def open_database(root: Path, target):
     try:
         return ms.database.JSONDatabase(str(folder / "workloads.json"), str(folder / "records.json"),
                                         allow_missing=True)
-    except tvm.error.TVMError as exc:
+    except (RuntimeError, ValueError) as exc:  # the JSON reader raises plain RuntimeError
         raise RecipeError(f"tuning database {folder} is corrupt ({str(exc).splitlines()[-1][:200]}); "
                           "it was left untouched", code="E602", field="tuning.database",
                           hint="move it aside or point tuning.database elsewhere") from None
