@@ -28,7 +28,14 @@ def _backend_passes(backend, target, database) -> list:
 
 def cpu_pipeline(target, database=None) -> list:
     from tvm.relax.backend.cpu_generic import pipeline as backend
-    return _backend_passes(backend, target, database)
+    from tvm.s_tir import dlight
+
+    from .cpu_schedules import Matmul
+    passes = _backend_passes(backend, target, database)
+    # Kernels without a tuning record get a default schedule instead of naive loops.
+    defaults = dlight.ApplyDefaultSchedule(Matmul(), dlight.cpu.GEMV(), dlight.cpu.Reduction())
+    at = next(i for i, p in enumerate(passes) if p.info.name == "RewriteDataflowReshape")
+    return passes[:at] + [defaults] + passes[at:]
 
 
 def cuda_pipeline(target, database=None) -> list:

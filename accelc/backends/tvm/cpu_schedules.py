@@ -1,0 +1,75 @@
+"""Default CPU schedules for kernels no tuning record covers.
+
+TVM 0.27's CPU DLight rules cover GEMV and reductions but not matrix multiply, and the naive
+loop nest legalization produces runs ~20x slower than PyTorch on an MLP (benchmarks/tuning.py).
+This rule gives every dense matmul (+ fused elementwise epilogue) a register-tiled, vectorised,
+multi-threaded schedule: the classic CPU GEMM blocking, with no search.
+"""
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+
+ROWS = 4  # register tile: ROWS x LANES accumulators (4 x 16 floats = 8 AVX2 registers)
+
+
+def _extent(sch, loop) -> int | None:
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+class Matmul(CPUScheduleRule):
+    """C[i, j] = sum_k A[i, k] * B[k, j], followed by elementwise blocks (bias, activation)."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []
+        names = [sch.get(b).name_hint for b in blocks]
+        if not names or not names[0].endswith("matmul"):
+            return None
+        matmul = blocks[0]
+        loops = sch.get_loops(matmul)
+        kinds = [iv.iter_type for iv in sch.get(matmul).iter_vars]
+        if len(loops) < 3 or kinds[-1] != tirx.IterVar.CommReduce or any(k != tirx.IterVar.DataPar for k in kinds[:-1]):
+            return None
+        extents = [_extent(sch, loop) for loop in loops]
+        if None in extents:
+            return None  # symbolic shapes: leave to the defaults
+        lanes = _lanes(target)
+        *batch, i, j, k = loops
+        rows, cols = min(ROWS, extents[-3]), min(2 * lanes, extents[-2])
+        io, ii = sch.split(i, [None, rows])
+        jo, ji = sch.split(j, [None, cols])
+        sch.reorder(*batch, io, jo, k, ii, ji)
+        for block in blocks[1:-1]:
+            sch.compute_inline(block)  # the epilogue becomes one elementwise pass
+        # Accumulate the tile in a local buffer so LLVM keeps it in registers across k.
+        tile = sch.cache_write(matmul, 0, "local")
+        sch.reverse_compute_at(tile, jo)
+        if len(blocks) > 1:
+            sch.reverse_compute_inline(blocks[-1])  # bias/activation applied as the tile is stored
+        outer = sch.fuse(*batch, io) if batch else io
+        if (extents[-3] // rows) * max(1, len(batch)) >= 2:
+            sch.parallel(outer)
+        sch.vectorize(ji)
+        sch.unroll(ii)
+        tile_loops = sch.get_loops(tile)[-2:]
+        sch.vectorize(tile_loops[-1])
+        sch.decompose_reduction(matmul, k)
+        return sch
+
+
+def _has_root(sch) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:  # a PrimFunc without a root block is not ours to schedule
+        return False
+
+
+def _lanes(target: Target) -> int:
+    from tvm.target.codegen import llvm_get_vector_width
+    return max(4, llvm_get_vector_width(target) // 32)
