@@ -1,0 +1,125 @@
+"""Side-by-side timings: compiled artifacts against PyTorch eager, torch.compile and
+ONNX Runtime on the same inputs, same thread count, in one run. Peers that are not
+installed are skipped with a note."""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def time_calls(fn: Callable, calls: int = 2000, warmup: int = 100, budget_s: float = 20.0) -> dict:
+    """p50/p99 in microseconds over `calls` calls after warm-up (fewer if `budget_s` runs out)."""
+    for _ in range(warmup):
+        fn()
+    samples, deadline = [], time.perf_counter() + budget_s
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+        if start > deadline and len(samples) >= 50:
+            break
+    arr = np.asarray(samples)
+    return {"p50_us": float(np.percentile(arr, 50) * 1e6), "p99_us": float(np.percentile(arr, 99) * 1e6),
+            "calls": len(samples)}
+
+
+def model_flops(model, inputs: list[np.ndarray]) -> int:
+    """FLOPs of one forward pass (multiply-adds count 2), from PyTorch's flop counter."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(*[torch.from_numpy(a) for a in inputs])
+    return int(counter.get_total_flops())
+
+
+def fma_bound_gflops(threads: int) -> float:
+    """Peak fp32 GFLOP/s: threads x 2 FMA units x 8 lanes (AVX2) x 2 flops x clock."""
+    mhz = 0.0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                mhz = max(mhz, float(line.split(":")[1]))
+    except OSError:
+        pass
+    return threads * 2 * 8 * 2 * (mhz or 2600.0) / 1000.0
+
+
+def peer_callables(model, inputs: list[np.ndarray], threads: int) -> dict[str, Callable | str]:
+    """name -> zero-argument callable, or a string saying why the peer was skipped."""
+    import torch
+    torch.set_num_threads(threads)
+    tensors = [torch.from_numpy(a) for a in inputs]
+    peers: dict[str, Callable | str] = {}
+
+    def eager():
+        with torch.no_grad():
+            return model(*tensors).numpy()
+    peers["pytorch eager"] = eager
+    try:
+        compiled = torch.compile(model)
+        with torch.no_grad():
+            compiled(*tensors)
+
+        def run_compiled():
+            with torch.no_grad():
+                return compiled(*tensors).numpy()
+        peers["torch.compile"] = run_compiled
+    except Exception as exc:  # no C++ compiler, unsupported model: a peer, not our failure
+        peers["torch.compile"] = f"skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+    peers["onnxruntime"] = _onnxruntime(model, inputs, threads)
+    return peers
+
+
+def _onnxruntime(model, inputs, threads):
+    try:
+        import onnxruntime as ort
+        import torch
+    except ImportError:
+        return "skipped: onnxruntime is not installed"
+    path = Path(tempfile.mkdtemp(prefix="accelc-bench-")) / "model.onnx"
+    try:
+        names = [f"input{i}" for i in range(len(inputs))]
+        torch.onnx.export(model, tuple(torch.from_numpy(a) for a in inputs), str(path), input_names=names,
+                          dynamo=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = dict(zip(names, inputs))
+        return lambda: session.run(None, feed)[0]
+    except Exception as exc:
+        return f"skipped: ONNX export/session failed: {str(exc).splitlines()[0][:80]}"
+
+
+def compare(model, inputs: list[np.ndarray], systems: dict[str, Callable], threads: int, calls: int = 2000,
+            peers: bool = True) -> list[dict]:
+    """Rows of {system, p50_us, p99_us, gflops, bound_pct} (or a skip note), same inputs for all."""
+    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+    candidates = {**systems, **(peer_callables(model, inputs, threads) if peers else {})}
+    flops, bound = model_flops(model, inputs), fma_bound_gflops(threads)
+    rows = []
+    for name, fn in candidates.items():
+        if isinstance(fn, str):
+            rows.append({"system": name, "note": fn})
+            continue
+        timing = time_calls(fn, calls)
+        gflops = flops / (timing["p50_us"] * 1e3)
+        rows.append({"system": name, **timing, "gflops": gflops, "bound_pct": 100 * gflops / bound})
+    return rows
+
+
+def format_rows(rows: list[dict], title: str) -> str:
+    lines = [title, f"  {'system':<22} {'p50 us':>10} {'p99 us':>10} {'GFLOP/s':>9} {'% FMA bound':>12}"]
+    for row in rows:
+        if "note" in row:
+            lines.append(f"  {row['system']:<22} {row['note']}")
+        else:
+            lines.append(f"  {row['system']:<22} {row['p50_us']:>10.1f} {row['p99_us']:>10.1f} "
+                         f"{row['gflops']:>9.2f} {row['bound_pct']:>11.1f}%")
+    return "\n".join(lines)
