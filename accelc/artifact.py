@@ -39,21 +39,29 @@ def is_artifact(path: Path) -> bool:
 def staging(dest: Path):
     """Yield a temp directory beside `dest`; on success it replaces `dest` in one rename.
 
-    `dest` may only be replaced if it is an accelc artifact (or absent): we never delete
-    a directory someone else owns. On failure the temp dir is removed and `dest` is untouched.
+    `dest` may only be replaced if it is an accelc artifact (or absent, or an empty directory):
+    we never delete what someone else owns. On failure the temp dir is removed and `dest` is untouched.
     """
     dest = Path(dest).resolve()
-    if dest.exists() and not is_artifact(dest):
+    if dest.exists() and not is_artifact(dest) and not _empty_dir(dest):
         raise ArtifactError(f"output {dest} exists and is not an accelc artifact; refusing to replace it",
                             code="E703", hint="choose another --output or remove it yourself")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    except OSError as exc:
+        raise ArtifactError(f"cannot create the output {dest}: {exc.strerror or exc}", code="E703") from None
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; an artifact is meant to be shared
     try:
         yield tmp
         _replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _empty_dir(path: Path) -> bool:
+    """An empty directory (say, made by `mkdir -p` in a CI script) holds nothing to lose."""
+    return path.is_dir() and not path.is_symlink() and next(path.iterdir(), None) is None
 
 
 def _replace(tmp: Path, dest: Path) -> None:
@@ -96,12 +104,25 @@ def read_manifest(folder: Path) -> dict:
         manifest = json.loads((folder / MANIFEST).read_text("utf-8"))
     except FileNotFoundError:
         raise ArtifactError(f"{folder} has no {MANIFEST}; not an accelc artifact", code="E700") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ArtifactError(f"{folder / MANIFEST} is not valid JSON: {exc}", code="E701") from None
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {folder / MANIFEST}: {exc.strerror or exc}", code="E700") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{folder / MANIFEST} has unknown format {manifest.get('format')!r}"
                             if isinstance(manifest, dict) else f"{folder / MANIFEST} is not a mapping", code="E701")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise ArtifactError(f"{folder / MANIFEST} has no valid 'files' table of sha256 digests", code="E701")
     return manifest
+
+
+def require(manifest: dict, folder: Path, **fields: type) -> None:
+    """Fail with a coded error, not a KeyError, when a manifest lacks a field a reader needs."""
+    for name, kind in fields.items():
+        if not isinstance(manifest.get(name), kind):
+            raise ArtifactError(f"{Path(folder) / MANIFEST}: field '{name}' is missing or not a {kind.__name__}",
+                                code="E701", hint="the artifact was edited or written by another tool; rebuild it")
 
 
 def check_files(folder: Path, manifest: dict) -> None:
@@ -111,11 +132,21 @@ def check_files(folder: Path, manifest: dict) -> None:
     present = {p.name for p in folder.iterdir() if p.name != MANIFEST}
     problems = [f"missing file {name}" for name in sorted(set(expected) - present)]
     problems += [f"unexpected file {name}" for name in sorted(present - set(expected))]
-    problems += [f"{name} does not match its sha256 (modified or truncated)" for name in sorted(set(expected) & present)
-                 if sha256_file(folder / name) != expected[name]]
+    problems += [why for name in sorted(set(expected) & present) if (why := _mismatch(folder / name, expected[name]))]
     if problems:
         raise ArtifactError(f"artifact {folder} failed its integrity check: " + "; ".join(problems), code="E702",
                             hint="rebuild it or copy it again; never edit an artifact by hand")
+
+
+def _mismatch(path: Path, digest: str) -> str | None:
+    """Why `path` is not the file the manifest hashed, or None."""
+    if path.is_symlink() or not path.is_file():
+        return f"{path.name} is not a regular file"
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        return f"{path.name} cannot be read ({exc.strerror or exc})"
+    return None if actual == digest else f"{path.name} does not match its sha256 (modified or truncated)"
 
 
 def update_manifest(folder: Path, **changes) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ModelError
+from .errors import ModelError, did_you_mean
 from .recipe import InputSpec, LoadedRecipe
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -32,21 +32,25 @@ class Captured:
     output_names: list[str]
 
 
-def import_entrypoint(spec: str, root: Path, where: str):
-    """Import 'package.module:callable' with the recipe's repository first on sys.path."""
+def import_entrypoint(spec: str, root: Path, where: str, field: str = "model.entrypoint"):
+    """Import 'package.module:callable' with the recipe's repository first on sys.path.
+
+    `field` names the recipe field that holds `spec` (model.entrypoint, data.samples, ...)."""
     module_name, _, attr = spec.partition(":")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # any import-time failure of user code is a user error
-        raise ModelError(f"cannot import '{module_name}': {type(exc).__name__}: {exc}", code="E300",
-                         location=where, field="model.entrypoint") from None
+    except (Exception, SystemExit) as exc:  # any import-time failure of user code is a user error
+        raise ModelError(f"cannot import '{module_name}': {type(exc).__name__}: {_first_line(exc)}", code="E300",
+                         location=where, field=field) from None
     if not hasattr(module, attr):
-        from .errors import did_you_mean
         names = [n for n in dir(module) if not n.startswith("_")]
         raise ModelError(f"module '{module_name}' has no attribute '{attr}'", code="E300", location=where,
-                         field="model.entrypoint", hint=did_you_mean(attr, names))
+                         field=field, hint=did_you_mean(attr, names))
+    if not callable(getattr(module, attr)):
+        raise ModelError(f"'{spec}' is a {type(getattr(module, attr)).__name__}, not a callable", code="E300",
+                         location=where, field=field)
     return getattr(module, attr)
 
 
@@ -56,7 +60,7 @@ def build_model(loaded: LoadedRecipe) -> torch.nn.Module:
     factory = import_entrypoint(section.entrypoint, loaded.root, where)
     try:
         model = factory(**section.kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise ModelError(f"entrypoint '{section.entrypoint}' failed: {type(exc).__name__}: {exc}", code="E300",
                          location=where, field="model.entrypoint") from None
     if not isinstance(model, torch.nn.Module):
@@ -131,6 +135,10 @@ def run_eager(model: torch.nn.Module, arrays) -> list[np.ndarray]:
     return [t.detach().float().numpy() if t.dtype == torch.bfloat16 else t.detach().numpy() for t in flatten(out)]
 
 
+class OutputTypeError(TypeError):
+    """A model returned something other than tensors: the model's fault, not the inputs'."""
+
+
 def flatten(out) -> list:
     if isinstance(out, torch.Tensor):
         return [out]
@@ -138,7 +146,7 @@ def flatten(out) -> list:
         return [t for item in out for t in flatten(item)]
     if isinstance(out, dict):
         return [t for v in out.values() for t in flatten(v)]
-    raise TypeError(f"model output of type {type(out).__name__} is not a tensor")
+    raise OutputTypeError(f"got {type(out).__name__}")
 
 
 def capture(loaded: LoadedRecipe, model: torch.nn.Module | None = None) -> Captured:
@@ -150,6 +158,9 @@ def capture(loaded: LoadedRecipe, model: torch.nn.Module | None = None) -> Captu
     where = loaded.where("model", "inputs")
     try:
         outputs = run_eager(model, example)
+    except OutputTypeError as exc:
+        raise ModelError(f"the model must return tensors (or tuples, lists, dicts of them): {exc}", code="E306",
+                         location=loaded.where("model", "entrypoint"), field="model.entrypoint") from None
     except Exception as exc:
         shapes = ", ".join(f"{s.name}{list(s.concrete(batch))}:{s.dtype}" for s in recipe.model.inputs)
         raise ModelError(f"the model fails on inputs {shapes}: {type(exc).__name__}: {_first_line(exc)}",

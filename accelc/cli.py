@@ -10,7 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_USER_ERROR, EXIT_VERIFY_FAILED, AccelcError
+from .errors import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_USER_ERROR, EXIT_VERIFY_FAILED, AccelcError, ArtifactError
 
 
 def _cmd_build(args) -> int:
@@ -71,8 +71,17 @@ def _cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(manifest, indent=2))
         return EXIT_OK
+    try:
+        rows = _manifest_rows(manifest)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ArtifactError(f"{args.artifact}: manifest field {exc} is missing or malformed", code="E701") from None
+    _table(["field", "value"], rows)
+    return EXIT_OK
+
+
+def _manifest_rows(manifest: dict) -> list[tuple]:
     target = manifest["target"]
-    rows = [("name", manifest["name"]), ("target", f"{target['name']} ({target['device']}, {target['arch']})"),
+    return [("name", manifest["name"]), ("target", f"{target['name']} ({target['device']}, {target['arch']})"),
             ("batch", manifest["batch"]),
             *((f"input {i['name']}", f"{i['shape']} {i['dtype']}") for i in manifest["inputs"]),
             *((f"output {o['name']}", f"{o['shape']} {o['dtype']}") for o in manifest["outputs"]),
@@ -82,8 +91,6 @@ def _cmd_inspect(args) -> int:
             ("recipe sha256", manifest["recipe"]["sha256"][:16]),
             *((f"version {k}", v) for k, v in manifest["versions"].items()),
             *((f"file {k}", v[:16]) for k, v in manifest["files"].items())]
-    _table(["field", "value"], rows)
-    return EXIT_OK
 
 
 def _table(header, rows) -> None:
@@ -97,6 +104,17 @@ def _table(header, rows) -> None:
 
 def _progress(line: str) -> None:
     print(line, flush=True)
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1 (0 samples would verify nothing and pass)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -120,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_targets)
     p = sub.add_parser("verify", help="re-run an artifact's verification")
     p.add_argument("artifact")
-    p.add_argument("--samples", type=int, help="sample batches per batch size (default: the recipe's)")
+    p.add_argument("--samples", type=_positive, help="sample batches per batch size (default: the recipe's)")
     p.set_defaults(func=_cmd_verify)
     p = sub.add_parser("inspect", help="print an artifact's manifest")
     p.add_argument("artifact")
@@ -130,7 +148,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage (error: 2) or --help (0)
+        return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
     try:
         return args.func(args)
     except AccelcError as exc:

@@ -129,7 +129,8 @@ def sample_sets(loaded) -> list[tuple[int, list]]:
     recipe = loaded.recipe
     source = None
     if recipe.data.samples:
-        source = capture.import_entrypoint(recipe.data.samples, loaded.root, loaded.where("data", "samples"))
+        source = capture.import_entrypoint(recipe.data.samples, loaded.root, loaded.where("data", "samples"),
+                                           field="data.samples")
     sizes = list(recipe.model.batch)
     if sizes[0] + 1 not in sizes:
         sizes.append(sizes[0] + 1)  # a size that was not built: exercises the runtime's padding

@@ -11,10 +11,14 @@ from .errors import ArtifactError
 def reverify(folder: Path, samples: int | None = None) -> dict:
     manifest = artifact.read_manifest(folder)
     artifact.check_files(folder, manifest)
-    path = Path(manifest["recipe"]["path"])
-    located = yamlio.load_text(manifest["recipe"]["text"], f"{path} (as stored in the manifest)")
+    artifact.require(manifest, folder, recipe=dict, target=dict, outputs=list)
+    stored = manifest["recipe"]
+    if not (isinstance(stored.get("path"), str) and isinstance(stored.get("text"), str)):
+        raise ArtifactError(f"{folder}: the manifest does not hold the recipe's path and text", code="E701")
+    path = Path(stored["path"])
+    located = yamlio.load_text(stored["text"], f"{path} (as stored in the manifest)")
     recipe = recipe_mod.parse(located)
-    if samples:
+    if samples is not None:
         recipe = recipe.model_copy(update={"verify": recipe.verify.model_copy(update={"samples": samples})})
     loaded = recipe_mod.LoadedRecipe(recipe=recipe, path=path, root=recipe_mod.find_root(path),
                                      text=manifest["recipe"]["text"], located=located)

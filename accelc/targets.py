@@ -5,10 +5,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from . import host, yamlio
-from .errors import Problem, TargetError, ToolchainError, did_you_mean
+from .errors import Problem, RecipeError, TargetError, ToolchainError, did_you_mean
 
 PACKAGED_TARGETS = Path(__file__).resolve().parent.parent / "targets"
 
@@ -30,13 +30,19 @@ class Target(BaseModel):
     cross_compiler_package: str | None = Field(None, description="Debian package that provides it.")
     emulator: str | None = Field(None, description="User-mode emulator used to verify off-host builds.")
     cuda_archs: list[str] = Field(default_factory=list, description="GPU architectures (sm_XX) to build for.")
+    _source: str | None = PrivateAttr(None)  # file:line:col of the `tvm` entry, for errors
 
     def tvm_target(self):
+        """The TVM target; a dict TVM rejects is the target file's fault, not a bug."""
         import tvm
         spec = dict(self.tvm)
         if self.host:
             spec["host"] = dict(self.host)
-        return tvm.target.Target(spec)
+        try:
+            return tvm.target.Target(spec)
+        except (ValueError, TypeError, RuntimeError) as exc:  # TVM 0.27 raises builtin exception types
+            raise TargetError(f"TVM rejects target '{self.name}': {str(exc).splitlines()[0][:300]}", code="E203",
+                              location=self._source, field="tvm") from None
 
     def runs_here(self) -> tuple[bool, str]:
         """Can this machine execute the module natively (for verification)?"""
@@ -62,7 +68,11 @@ def load_all(root: Path | None = None) -> dict[str, Target]:
     problems: list[Problem] = []
     for folder in reversed(target_dirs(root)):
         for path in sorted(folder.glob("*.yaml")):
-            located = yamlio.load_file(path)
+            try:
+                located = yamlio.load_file(path)
+            except RecipeError as exc:  # the YAML layer speaks of recipes; here it is a target file
+                problems.extend(Problem("E201", p.message, p.location, p.field, p.hint) for p in exc.problems)
+                continue
             try:
                 target = Target.model_validate(located.data)
             except ValidationError as exc:
@@ -70,10 +80,26 @@ def load_all(root: Path | None = None) -> dict[str, Target]:
                     problems.append(Problem("E201", err["msg"], located.where(tuple(err["loc"])),
                                             yamlio.dotted(tuple(err["loc"]))))
                 continue
+            target._source = located.where(("tvm",))
             found[target.name] = target
+    problems += _name_clashes(found)
     if problems:
         raise TargetError(problems=problems)
     return found
+
+
+def _name_clashes(found: dict[str, Target]) -> list[Problem]:
+    """An alias may name one target only, or `--target arm` would depend on file order."""
+    owner: dict[str, str] = {}
+    problems = []
+    for target in found.values():
+        for alias in target.aliases:
+            other = owner.setdefault(alias, target.name)
+            if other != target.name or alias in found and alias != target.name:
+                problems.append(Problem("E201", f"alias '{alias}' of target '{target.name}' also names target "
+                                        f"'{found[alias].name if alias in found else other}'", target._source,
+                                        "aliases"))
+    return problems
 
 
 def resolve(name: str, root: Path | None = None, location: str | None = None) -> Target:

@@ -20,6 +20,8 @@ MAX_BYTES = 1 << 20  # a recipe larger than 1 MiB is not a recipe
 MAX_DEPTH = 64
 
 Path_ = tuple  # field path: ("model", "inputs", 0, "shape")
+MAP_TAG, SEQ_TAG = yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 @dataclass
@@ -63,29 +65,72 @@ class _Walker:
                               location=f"{self.out.file}:{_mark(node)[0]}:{_mark(node)[1]}")
         self.out.values.setdefault(path, _mark(node))
         if isinstance(node, yaml.MappingNode):
+            self._check_tag(node, MAP_TAG)
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
+            self._check_tag(node, SEQ_TAG)
             return [self.walk(child, path + (i,), depth + 1) for i, child in enumerate(node.value)]
-        return self.loader.construct_object(node, deep=True)
+        return self._scalar(node)
+
+    def _where(self, node: yaml.Node) -> str:
+        line, col = _mark(node)
+        return f"{self.out.file}:{line}:{col}"
+
+    def _check_tag(self, node: yaml.Node, expected: str) -> None:
+        """Collections keep their plain meaning: no !!set, !!omap or application tags."""
+        if node.tag != expected:
+            raise RecipeError(f"YAML tag '{node.tag}' is not supported in a recipe", code="E101",
+                              location=self._where(node))
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        """A scalar value; a bad explicit tag (`!!int abc`, `!!timestamp x`) is located, not a crash."""
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError:
+            raise
+        except Exception as exc:  # PyYAML raises ValueError, AttributeError, ... on malformed tagged scalars
+            raise RecipeError(f"YAML value {node.value!r:.60} does not fit tag '{node.tag}': {exc}", code="E101",
+                              location=self._where(node)) from None
 
     def _mapping(self, node: yaml.MappingNode, path: Path_, depth: int) -> dict:
-        self.loader.flatten_mapping(node)  # resolves "<<" merge keys
+        """Keys are scalars and unique; "<<" merges are expanded here so that alias counting covers them
+        and explicit keys override merged ones (YAML merge semantics) instead of counting as duplicates."""
         result: dict = {}
+        merges = []
         for key_node, value_node in node.value:
-            key = self.loader.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)) or key is None:
-                line, col = _mark(key_node)
+            if key_node.tag == MERGE_TAG:
+                merges.append(value_node)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.problems.append(Problem("E105", f"mapping key must be a scalar, got a {key_node.id}",
+                                             self._where(key_node), _dotted(path)))
+                continue
+            key = self._scalar(key_node)
+            if key is None or not isinstance(key, (str, int, float, bool)):
                 self.problems.append(Problem("E105", f"mapping key must be a scalar, got {type(key).__name__}",
-                                             f"{self.out.file}:{line}:{col}", _dotted(path)))
+                                             self._where(key_node), _dotted(path)))
                 continue
             if key in result:
-                line, col = _mark(key_node)
-                self.problems.append(Problem("E105", f"duplicate key '{key}'", f"{self.out.file}:{line}:{col}",
+                self.problems.append(Problem("E105", f"duplicate key '{key}'", self._where(key_node),
                                              _dotted(path + (key,)), "each key may appear once"))
                 continue
-            self.out.keys[path + (key,)] = _mark(key_node)
+            self.out.keys.setdefault(path + (key,), _mark(key_node))
             result[key] = self.walk(value_node, path + (key,), depth + 1)
-        return result
+        merged: dict = {}
+        for value_node in merges:
+            merged.update(self._merged(value_node, path, depth))
+        return {**merged, **result}
+
+    def _merged(self, node: yaml.Node, path: Path_, depth: int) -> dict:
+        """The mapping(s) a "<<" key brings in; earlier mappings in a list win."""
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        merged: dict = {}
+        for source in reversed(sources):
+            if not isinstance(source, yaml.MappingNode):
+                raise RecipeError("'<<' (merge) needs a mapping or a list of mappings", code="E101",
+                                  location=self._where(source))
+            merged.update(self.walk(source, path, depth + 1))
+        return merged
 
 
 def _dotted(path: Path_) -> str:
@@ -118,7 +163,7 @@ def load_text(text: str, file: str) -> Located:
     except (ValueError, OverflowError, RecursionError) as exc:  # e.g. timestamps out of range
         raise RecipeError(f"YAML value: {exc}", code="E101", location=file) from None
     if walker.problems:
-        raise RecipeError(problems=walker.problems)
+        raise RecipeError(problems=list(dict.fromkeys(walker.problems)))  # an anchored node may be walked twice
     return out
 
 
@@ -127,7 +172,8 @@ def load_file(path: str | Path, display: str | None = None) -> Located:
     path = Path(path)
     display = display or str(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)  # bounded: `accelc validate /dev/zero` must not eat memory
     except FileNotFoundError:
         raise RecipeError("file not found", code="E100", location=display) from None
     except (IsADirectoryError, PermissionError, OSError) as exc:

@@ -1,0 +1,191 @@
+"""cli: documented exit codes (0 ok, 1 verification failed, 2 user error, 3 bug), every bad recipe
+as a coded error without a traceback, and the validate/schema/targets/inspect/verify commands."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import textwrap
+
+import pytest
+
+from accelc import artifact
+from tests.fixtures.helpers import (ROOT, TINY_RECIPE, assert_cli_user_error, at, cli, copy_artifact, make_repo,
+                                    shared_artifact, write_recipe)
+
+BOMB = "\n".join(['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]'] + [
+    f"{n}: &{n} [" + ", ".join([f"*{p}"] * 9) + "]" for p, n in zip("abcdefgh", "bcdefghi")]) + "\n"
+
+
+def test_help_documents_the_exit_codes(capsys):
+    rc, out, _ = cli(["--help"], capsys)
+    assert rc == 0
+    assert "exit codes: 0 ok, 1 verification failed, 2 user error, 3 internal error" in " ".join(out.split())
+    for command in ("build", "validate", "schema", "targets", "verify", "inspect"):
+        assert command in out
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["build"], ["verify", "x", "--samples", "0"],
+                                  ["verify", "x", "--samples", "two"]])
+def test_usage_errors_exit_2(capsys, argv):
+    rc, _, err = cli(argv, capsys)
+    assert rc == 2 and "usage:" in err and "Traceback" not in err
+
+
+# (file contents, error code, text the location points at, or None for the file itself)
+BAD_RECIPES = {
+    "yaml-syntax": (TINY_RECIPE.replace("batch: [1, 4]", "batch: [1, 4"), "E101", ": x86"),  # the ":" it trips on
+    "duplicate-key": (TINY_RECIPE + "target: arm\n", "E105", "target: arm"),
+    "alias-bomb": (BOMB, "E106", None),
+    "wrong-type": (TINY_RECIPE.replace("batch: [1, 4]", 'batch: "abc"'), "E102", '"abc"'),
+    "unknown-key": (TINY_RECIPE.replace("entrypoint:", "entrypont:"), "E103", "entrypont"),
+    "unknown-pass": (TINY_RECIPE + "passes:\n  - {kind: fold_batchnom}\n", "E104", "fold_batchnom"),
+    "missing-field": (TINY_RECIPE.replace("name: tiny\n", ""), "E102", None),
+    "absurd-shape": (TINY_RECIPE.replace("[batch, 4]", "[batch, 1000000, 1000000]"), "E102", "[batch, 1000000"),
+    "bad-placeholder": (TINY_RECIPE + "output: 'build/{user}'\n", "E102", "'build/{user}'"),
+    "unknown-target": (TINY_RECIPE.replace("target: x86", "target: x68"), "E200", "x68"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RECIPES))
+def test_bad_recipes_are_coded_errors(tmp_path, capsys, case):
+    text, code, needle = BAD_RECIPES[case]
+    path = write_recipe(make_repo(tmp_path), text)
+    for command in (["validate", path], ["build", path, "--output", tmp_path / "out"]):
+        err = assert_cli_user_error(command, capsys, code)
+        assert (at(path, text, needle) if needle else str(path)) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_several_problems_in_one_run(tmp_path, capsys):
+    text = TINY_RECIPE.replace("entrypoint:", "entrypont:").replace("batch: [1, 4]", "batch: x") \
+        + "passes:\n  - {kind: fold_batchnom}\n"
+    path = write_recipe(tmp_path, text)
+    err = assert_cli_user_error(["validate", path], capsys, "E103")
+    assert "did you mean 'entrypoint'?" in err and "did you mean 'fold_batchnorm'?" in err
+    lines = [int(line.split(f"{path}:")[1].split(":")[0]) for line in err.splitlines() if f"{path}:" in line]
+    assert len(lines) >= 3 and lines == sorted(lines)
+
+
+def test_unreadable_recipe_files(tmp_path, capsys):
+    assert "file not found" in assert_cli_user_error(["validate", tmp_path / "nope.yaml"], capsys, "E100")
+    assert "cannot read" in assert_cli_user_error(["validate", tmp_path], capsys, "E100")
+    (tmp_path / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
+    assert "not UTF-8" in assert_cli_user_error(["validate", tmp_path / "latin1.yaml"], capsys, "E101")
+    assert_cli_user_error(["build", tmp_path / "nope.yaml"], capsys, "E100")
+
+
+def test_validate_ok_with_bom(tmp_path, capsys):
+    path = make_repo(tmp_path) / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + TINY_RECIPE.encode())
+    rc, out, err = cli(["validate", path], capsys)
+    assert (rc, err) == (0, "") and out.strip() == f"{path}: ok"
+
+
+def test_validate_json(tmp_path, capsys):
+    good = write_recipe(tmp_path, TINY_RECIPE, "good.yaml")
+    text = TINY_RECIPE.replace("entrypoint:", "entrypont:")
+    bad = write_recipe(tmp_path, text, "bad.yaml")
+    rc, out, err = cli(["validate", good, bad, "--json"], capsys)
+    assert rc == 2 and err == ""
+    results = json.loads(out)
+    assert [(r["recipe"], r["ok"]) for r in results] == [(str(good), True), (str(bad), False)]
+    assert results[0]["errors"] == []
+    assert all(set(e) == {"code", "message", "location", "field", "hint"} for e in results[1]["errors"])
+    unknown = next(e for e in results[1]["errors"] if e["code"] == "E103")
+    assert unknown["location"] == at(bad, text, "entrypont") and unknown["hint"] == "did you mean 'entrypoint'?"
+    assert unknown["field"] == "model.entrypont"
+
+
+def test_schema_is_a_json_schema_with_descriptions(capsys):
+    jsonschema = pytest.importorskip("jsonschema")
+    rc, out, _ = cli(["schema"], capsys)
+    schema = json.loads(out)
+    assert rc == 0
+    jsonschema.Draft202012Validator.check_schema(schema)
+    model = schema["$defs"]["ModelSection"]["properties"]
+    assert "nn.Module" in model["entrypoint"]["description"] and model["batch"]["description"]
+    import yaml
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):  # the shipped recipes satisfy it
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(yaml.safe_load(TINY_RECIPE.replace("entrypoint:", "entrypont:")), schema)
+
+
+def test_targets_lists_what_each_supports(capsys):
+    rc, out, _ = cli(["targets"], capsys)
+    assert rc == 0
+    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert {"x86", "aarch64", "cuda-sm80"} <= set(rows)
+    assert "x86_64" in rows["x86"] and "float32" in rows["x86"] and "bfloat16" not in rows["aarch64"]
+
+
+def test_inspect(capsys):
+    folder = shared_artifact()
+    rc, out, _ = cli(["inspect", folder], capsys)
+    assert rc == 0
+    table = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in out.splitlines()[2:])
+    assert table["name"] == "pair" and table["target"].startswith("x86 (cpu, x86_64)")
+    assert table["input a"] == "['batch', 3] float32" and table["verification"] == "passed"
+    digest = hashlib.sha256((folder / artifact.LIBRARY).read_bytes()).hexdigest()
+    assert table[f"file {artifact.LIBRARY}"] == digest[:16]
+    rc, out, _ = cli(["inspect", folder, "--json"], capsys)
+    assert rc == 0 and json.loads(out) == artifact.read_manifest(folder)
+
+
+def test_inspect_refuses_a_tampered_artifact(tmp_path, capsys):
+    copy = copy_artifact(tmp_path / "copy")
+    (copy / "extra.txt").write_text("x")
+    assert "unexpected file extra.txt" in assert_cli_user_error(["inspect", copy], capsys, "E702")
+    (copy / "extra.txt").unlink()
+    (copy / artifact.MANIFEST).write_text("[")
+    assert_cli_user_error(["inspect", copy], capsys, "E701")
+    assert_cli_user_error(["inspect", tmp_path / "none"], capsys, "E700")
+
+
+def test_verify_reruns_against_the_eager_model(capsys):
+    rc, out, err = cli(["verify", shared_artifact(), "--samples", "1"], capsys)
+    assert rc == 0, err
+    assert "PASSED" in out and "output0" in out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("1 ", "4 "))]
+    assert rows and all(row[-1] == "ok" and row[2] == "1" for row in rows)  # one sample per batch size
+
+
+def test_verify_on_something_that_is_not_an_artifact(tmp_path, capsys):
+    assert_cli_user_error(["verify", tmp_path], capsys, "E700")
+
+
+DRIFT = textwrap.dedent("""\
+    version: 1
+    name: drift
+    model:
+      entrypoint: tests.fixtures.models:drifting
+      inputs:
+        - {name: x, shape: [batch, 3], dtype: float32}
+      batch: [2]
+    verify: {samples: 1, tolerance: {atol: 0.5, rtol: 0}}
+    """)
+
+
+def test_verification_failure_exits_1_and_writes_nothing(tmp_path, capsys):
+    repo = make_repo(tmp_path)
+    path = write_recipe(repo, DRIFT)
+    previous = copy_artifact(tmp_path / "previous")
+    before = {p.name: p.read_bytes() for p in previous.iterdir()}
+    for output in (tmp_path / "fresh", previous):
+        rc, out, err = cli(["build", path, "--output", output], capsys)
+        assert rc == 1, err
+        assert "FAIL" in out and "FAILED" in out and "error[E600]" in err and "Traceback" not in err
+    assert not (tmp_path / "fresh").exists()
+    assert {p.name: p.read_bytes() for p in previous.iterdir()} == before  # the old artifact is untouched
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_bug_exits_3_with_a_traceback(tmp_path, capsys, monkeypatch):
+    from accelc import recipe
+
+    def broken(path):
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(recipe, "load", broken)
+    rc, _, err = cli(["validate", write_recipe(tmp_path, TINY_RECIPE)], capsys)
+    assert rc == 3 and "Traceback" in err and "ZeroDivisionError" in err and "bug in accelc" in err

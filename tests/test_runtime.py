@@ -1,0 +1,127 @@
+"""runtime: the predictor matches eager PyTorch, refuses inputs that do not fit the artifact's
+signature with coded errors, and works in a process where torch cannot be imported."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from accelc import runtime
+from accelc.errors import InputError
+from tests.fixtures.helpers import ROOT, pair_eager, pair_inputs, shared_artifact
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return runtime.load(shared_artifact())
+
+
+def input_error(call) -> InputError:
+    with pytest.raises(InputError) as info:
+        call()
+    return info.value
+
+
+@pytest.mark.parametrize("batch", [1, 3, 4, 9])  # built sizes, padded, and split above the largest
+def test_outputs_match_eager_torch(predictor, batch):
+    a, b = pair_inputs(batch, seed=batch)
+    np.testing.assert_allclose(predictor(a, b), pair_eager(a, b), rtol=1e-5, atol=1e-6)
+
+
+def test_named_inputs(predictor):
+    a, b = pair_inputs(2, seed=11)
+    expected = pair_eager(a, b)
+    np.testing.assert_allclose(predictor(a=a, b=b), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predictor(b=b, a=a), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predictor(a, b=b), expected, rtol=1e-5, atol=1e-6)
+    assert isinstance(predictor.predict(a, b), list) and len(predictor.predict(a, b)) == 1
+
+
+def test_wrong_number_of_inputs(predictor):
+    a, b = pair_inputs(2)
+    assert input_error(lambda: predictor(a)).code == "E801"
+    assert input_error(lambda: predictor(a, b, a)).code == "E801"
+
+
+def test_unknown_missing_and_doubled_names(predictor):
+    a, b = pair_inputs(2)
+    exc = input_error(lambda: predictor(a=a, c=b))
+    assert exc.code == "E801" and "unknown input(s) ['c']" in exc.problems[0].message
+    exc = input_error(lambda: predictor(a=a))
+    assert exc.code == "E801" and "missing input(s) ['b']" in exc.problems[0].message
+    exc = input_error(lambda: predictor(a, a=a, b=b))
+    assert exc.code == "E801" and "both by position and by name" in exc.problems[0].message
+
+
+def test_wrong_dtype(predictor):
+    a, b = pair_inputs(2)
+    exc = input_error(lambda: predictor(a.astype(np.float64), b))
+    assert exc.code == "E803" and "must be float32, got float64" in exc.problems[0].message
+    assert exc.problems[0].hint == "convert with .astype(np.float32)"
+    assert input_error(lambda: predictor(a, [["x"] * 3] * 2)).code == "E803"
+
+
+@pytest.mark.parametrize("shape", [(2, 4), (2,), (2, 3, 1), (3, 2)])
+def test_wrong_shape(predictor, shape):
+    a, _ = pair_inputs(2)
+    exc = input_error(lambda: predictor(a, np.zeros(shape, np.float32)))
+    assert exc.code == "E802" and "input 'b'" in exc.problems[0].message
+
+
+def test_empty_batch(predictor):
+    a, b = pair_inputs(2)
+    exc = input_error(lambda: predictor(a[:0], b[:0]))
+    assert exc.code == "E802" and "empty batch" in exc.problems[0].message
+
+
+def test_batch_sizes_must_agree(predictor):
+    a, _ = pair_inputs(2)
+    _, b = pair_inputs(3)
+    assert input_error(lambda: predictor(a, b)).code == "E802"
+
+
+def test_exact_batching_refuses_sizes_that_were_not_built():
+    strict = runtime.load(shared_artifact(), batching="exact")
+    a, b = pair_inputs(4)
+    np.testing.assert_allclose(strict(a, b), pair_eager(a, b), rtol=1e-5, atol=1e-6)
+    for batch in (2, 5):  # between built sizes, and above the largest
+        exc = input_error(lambda: strict(*pair_inputs(batch)))
+        assert exc.code == "E802" and "was not built" in exc.problems[0].message
+    assert input_error(lambda: runtime.load(shared_artifact(), batching="sometimes")).code == "E804"
+
+
+TORCH_FREE = textwrap.dedent("""\
+    import json, sys
+    sys.modules["torch"] = None  # any `import torch` now raises ImportError
+    import numpy as np
+    import accelc.runtime
+    predictor = accelc.runtime.load(sys.argv[1])
+    data = np.load(sys.argv[2])
+    np.save(sys.argv[3], predictor(a=data["a"], b=data["b"]))
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "accelc") and sys.modules[m] is not None)
+    libraries = sorted({line.split()[-1].rsplit("/", 1)[-1] for line in open("/proc/self/maps") if "libtvm" in line})
+    print(json.dumps({"modules": loaded, "libraries": libraries}))
+    """)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc/self/maps (Linux)")
+def test_runs_without_torch_on_the_runtime_library(tmp_path):
+    a, b = pair_inputs(4, seed=5)
+    np.savez(tmp_path / "inputs.npz", a=a, b=b)
+    np.save(tmp_path / "expected.npy", pair_eager(a, b))  # eager outputs, computed here with torch
+    env = {**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", TORCH_FREE, str(shared_artifact()), str(tmp_path / "inputs.npz"),
+                           str(tmp_path / "out.npy")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    modules = report["modules"]
+    assert "libtvm_runtime.so" in report["libraries"] and "libtvm.so" not in report["libraries"]
+    assert "accelc.runtime" in modules and not [m for m in modules if m.startswith("torch")]
+    assert not {"accelc.capture", "accelc.compile", "accelc.passes", "accelc.backends"} & set(modules)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), np.load(tmp_path / "expected.npy"),
+                               rtol=1e-5, atol=1e-6)
