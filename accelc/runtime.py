@@ -5,6 +5,8 @@ Set TVM_USE_RUNTIME_LIB=1 before the first `import tvm` to load only libtvm_runt
 """
 from __future__ import annotations
 
+import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +15,30 @@ from . import artifact, host
 from .errors import ArtifactError, InputError
 
 
+ALIGN = 64  # TVM's kernels assume 64-byte aligned buffers (tvm.runtime.from_dlpack enforces it)
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    offset = (-raw.ctypes.data) % ALIGN
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
 class Predictor:
-    """A loaded artifact: call it with numpy arrays (positional or by input name)."""
+    """A loaded artifact: call it with numpy arrays (positional or by input name).
+
+    Shared by all threads: the library, the transformed parameters, the manifest. Per thread:
+    the Relax VM (it keeps call frames) and nothing else. Inputs that are C-contiguous, of the
+    right dtype and 64-byte aligned are passed zero-copy; others are copied once into an aligned
+    buffer. Outputs are returned zero-copy (each call gets fresh arrays).
+    """
 
     def __init__(self, path: str | Path, check_host: bool = True, batching: str = "pad"):
         import tvm
-        from tvm.runtime.vm import VirtualMachine
+        import tvm_ffi
 
         self.path = Path(path)
         self.manifest = _checked_manifest(self.path)  # hashes checked before any native code is loaded
@@ -33,25 +53,48 @@ class Predictor:
             if not ok:
                 raise ArtifactError(f"artifact for target '{target['name']}' cannot run here: {why}", code="E704")
         self.device = tvm.cuda(0) if target["device"] == "cuda" else tvm.cpu(0)
+        self._on_cpu = target["device"] != "cuda"
+        self._from_dlpack, self._tensor = tvm_ffi.from_dlpack, tvm.runtime.tensor
+        self._names = {spec["name"]: i for i, spec in enumerate(self.inputs)}
+        # (dtype, dims with None for the batch) per input: what the hot path compares against
+        self._expect = [(np.dtype(spec["dtype"]), tuple(None if d == "batch" else int(d) for d in spec["shape"]))
+                        for spec in self.inputs]
+        self._batched = [spec["shape"][:1] == ["batch"] for spec in self.inputs]
+        self._out_batched = [spec["shape"][:1] == ["batch"] for spec in self.outputs]
+        self._local = threading.local()
         try:
-            library = tvm.runtime.load_module(str(self.path / artifact.LIBRARY))
-            self._vm = VirtualMachine(library, self.device)
+            self._library = tvm.runtime.load_module(str(self.path / artifact.LIBRARY))
             params = tvm.runtime.load_param_dict_from_file(str(self.path / artifact.PARAMS))
             ordered = [tvm.runtime.tensor(params[name].numpy(), self.device) for name in self.manifest["params"]]
-            self._params = list(self._vm["transform_params"](ordered)) if ordered else []
-            # One static function per built batch size, looked up once ({None: main} without a batch dim).
-            self._functions = {(int(b) if b != "None" else None): self._vm[name]
-                               for b, name in self.manifest["functions"].items()}
+            vm = self._thread_functions()
+            self._params = list(self._local.vm["transform_params"](ordered)) if ordered else []
         except (RuntimeError, OSError, KeyError, AttributeError, ValueError, TypeError) as exc:  # TVM: builtins
             lines = str(exc).strip().splitlines()
             raise ArtifactError(f"cannot load artifact {self.path}: {type(exc).__name__}: "
                                 f"{lines[-1][:300] if lines else ''}", code="E706",
                                 hint="it may come from another accelc or TVM version; rebuild it") from None
-        self.sizes = sorted(b for b in self._functions if b is not None)
-        self._tensor = tvm.runtime.tensor
+        self.sizes = sorted(b for b in vm if b is not None)
+
+    def _thread_functions(self) -> dict:
+        """This thread's VM functions, one static function per built batch size (None: no batch dim)."""
+        functions = getattr(self._local, "functions", None)
+        if functions is None:
+            from tvm.runtime.vm import VirtualMachine
+            self._local.vm = VirtualMachine(self._library, self.device)
+            functions = self._local.functions = {(int(b) if b != "None" else None): self._local.vm[name]
+                                                 for b, name in self.manifest["functions"].items()}
+        return functions
+
+    # ---- validation ---------------------------------------------------------------------------
 
     def _prepare(self, args, kwargs) -> list[np.ndarray]:
-        names = [spec["name"] for spec in self.inputs]
+        if not kwargs and len(args) == len(self._expect):
+            arrays = [self._check(spec, value if isinstance(value, np.ndarray) else np.asarray(value))
+                      for spec, value in zip(self.inputs, args)]
+            if len(arrays) > 1:
+                self._same_batch(arrays)
+            return arrays
+        names = list(self._names)
         if kwargs:
             unknown = sorted(set(kwargs) - set(names))
             if unknown:
@@ -65,13 +108,27 @@ class Predictor:
             args = list(args) + [kwargs[n] for n in names[len(args):]]
         if len(args) != len(names):
             raise InputError(f"expected {len(names)} input(s) {names}, got {len(args)}", code="E801")
-        arrays = [self._check(spec, np.asarray(value)) for spec, value in zip(self.inputs, args)]
-        batches = {a.shape[s["shape"].index("batch")] for s, a in zip(self.inputs, arrays) if "batch" in s["shape"]}
-        if len(batches) > 1:
-            raise InputError(f"inputs disagree on the batch size: {sorted(batches)}", code="E802")
+        arrays = [self._check(spec, value if isinstance(value, np.ndarray) else np.asarray(value))
+                  for spec, value in zip(self.inputs, args)]
+        self._same_batch(arrays)
         return arrays
 
+    def _same_batch(self, arrays: list[np.ndarray]) -> None:
+        batches = {a.shape[0] for a, batched in zip(arrays, self._batched) if batched}
+        if len(batches) > 1:
+            raise InputError(f"inputs disagree on the batch size: {sorted(batches)}", code="E802")
+
     def _check(self, spec: dict, array: np.ndarray) -> np.ndarray:
+        dtype_expected, dims = self._expect[self._names[spec["name"]]]
+        shape = array.shape
+        if (array.dtype == dtype_expected and len(shape) == len(dims) and "range" not in spec
+                and all(d is None or d == n for d, n in zip(dims, shape))
+                and (dims[:1] != (None,) or 1 <= shape[0]) and (self.batching == "pad" or dims[:1] != (None,)
+                                                                 or shape[0] in self.sizes)):
+            return array  # the common case, checked in a few comparisons
+        return self._check_slow(spec, array)
+
+    def _check_slow(self, spec: dict, array: np.ndarray) -> np.ndarray:
         name, shape, dtype = spec["name"], spec["shape"], spec["dtype"]
         if array.dtype != np.dtype(dtype):
             raise InputError(f"input '{name}' must be {dtype}, got {array.dtype}", code="E803",
@@ -94,37 +151,67 @@ class Predictor:
                 bad = np.flatnonzero((array < low) | (array >= high))[0]
                 raise InputError(f"input '{name}': value {array.flat[bad]} at flat index {bad} is outside "
                                  f"[{low:g}, {high:g})", code="E805")
-        return np.ascontiguousarray(array)
+        return array
+
+    # ---- execution ----------------------------------------------------------------------------
 
     def predict(self, *args, **kwargs) -> list[np.ndarray]:
         """All outputs as a list of numpy arrays."""
         arrays = self._prepare(args, kwargs)
+        functions = self._thread_functions()
         if not self.sizes:
-            return self._run(None, arrays)
-        batch = next(a.shape[0] for a, s in zip(arrays, self.inputs) if "batch" in s["shape"])
-        chunks = []
-        for start in range(0, batch, self.sizes[-1]):  # above the largest size: split
-            part = [a[start:start + self.sizes[-1]] if "batch" in s["shape"] else a
-                    for a, s in zip(arrays, self.inputs)]
-            chunks.append(self._run_padded(part, min(batch - start, self.sizes[-1])))
-        if len(chunks) == 1:
-            return chunks[0]
-        return [np.concatenate(parts) if "batch" in o["shape"] else parts[0]
-                for o, parts in zip(self.outputs, zip(*chunks))]
+            return self._run(functions[None], [self._device_tensor(i, a) for i, a in enumerate(arrays)])
+        batch = next((a.shape[0] for a, b in zip(arrays, self._batched) if b), 1)
+        largest = self.sizes[-1]
+        if batch <= largest:
+            return self._run_padded(functions, arrays, batch)
+        chunks = [self._run_padded(functions, [a[start:start + largest] if b else a
+                                               for a, b in zip(arrays, self._batched)],
+                                   min(batch - start, largest))
+                  for start in range(0, batch, largest)]  # above the largest size: split
+        return [np.concatenate(parts) if b else parts[0] for b, parts in zip(self._out_batched, zip(*chunks))]
 
-    def _run_padded(self, arrays: list[np.ndarray], n: int) -> list[np.ndarray]:
-        """Run on the smallest built size >= n, zero-padding the batch, and cut the outputs back."""
-        size = next(b for b in self.sizes if b >= n)
-        if size != n:
-            arrays = [np.concatenate([a, np.zeros((size - n, *a.shape[1:]), a.dtype)]) if "batch" in s["shape"]
-                      else a for a, s in zip(arrays, self.inputs)]
-        outputs = self._run(size, arrays)
-        return [out[:n] if "batch" in o["shape"] else out for o, out in zip(self.outputs, outputs)]
+    def _run_padded(self, functions: dict, arrays: list[np.ndarray], n: int) -> list[np.ndarray]:
+        """Run on the smallest built size >= n; other sizes are zero-padded and the outputs cut back."""
+        size = n if n in functions else next(b for b in self.sizes if b >= n)
+        if size == n:
+            return self._run(functions[size], [self._device_tensor(i, a) for i, a in enumerate(arrays)])
+        padded = []
+        for index, (array, batched) in enumerate(zip(arrays, self._batched)):
+            if batched:
+                staging = aligned_empty((size, *array.shape[1:]), array.dtype)
+                staging[:n], staging[n:] = array, 0
+                array = staging
+            padded.append(self._device_tensor(index, array))
+        outputs = self._run(functions[size], padded)
+        return [out[:n] if b else out for b, out in zip(self._out_batched, outputs)]
 
-    def _run(self, size: int | None, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        result = self._functions[size](*[self._tensor(a, self.device) for a in arrays], *self._params)
-        items = result if isinstance(result, (list, tuple)) or hasattr(result, "__len__") and not hasattr(
-            result, "numpy") else [result]
+    def _device_tensor(self, index: int, array: np.ndarray):
+        """Zero-copy when the array is contiguous and aligned on the CPU; otherwise exactly one copy."""
+        if not self._on_cpu:
+            return self._tensor(np.ascontiguousarray(array), self.device)
+        if not (array.flags.c_contiguous and array.ctypes.data % ALIGN == 0):
+            array = self._staged(index, array)
+        return self._from_dlpack(array, require_alignment=ALIGN, require_contiguous=True)
+
+    def _staged(self, index: int, array: np.ndarray) -> np.ndarray:
+        """Copy input `index` into this thread's reusable aligned buffer for its shape (calls are
+        synchronous and outputs never alias inputs, so the buffer is free when the call returns)."""
+        cache = self._local.__dict__.setdefault("staging", {})
+        key = (index, array.shape, array.dtype.str)
+        staging = cache.get(key)
+        if staging is None:
+            if len(cache) > 64:  # many distinct shapes (padding off): keep the cache bounded
+                cache.clear()
+            staging = cache[key] = aligned_empty(array.shape, array.dtype)
+        np.copyto(staging, array)
+        return staging
+
+    def _run(self, function, tensors: list) -> list[np.ndarray]:
+        result = function(*tensors, *self._params)
+        items = result if not hasattr(result, "shape") else [result]
+        if self._on_cpu:
+            return [np.from_dlpack(item) for item in items]  # fresh VM allocations: safe to share
         return [item.numpy() for item in items]
 
     def __call__(self, *args, **kwargs):

@@ -70,6 +70,7 @@ def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             single = from_exported_program(program, keep_params_as_input=True, run_ep_decomposition=False,
+                                           unwrap_unit_return_tuple=True,  # one output: no tuple per call
                                            custom_convert_map=custom_convert_map)
         single, detached = relax.frontend.detach_params(single)
         main = single["main"]
@@ -86,10 +87,15 @@ def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
     return Lowered(mod, params or {}, first)
 
 
-def compile_module(lowered: Lowered, target, database=None):
-    """Run the target pipeline and codegen; failures name the ops involved."""
+def compile_module(lowered: Lowered, target, database=None, cuda_archs=()):
+    """Run the target pipeline and codegen; failures name the ops involved. CUDA device code is
+    compiled ahead of time by nvcc for `cuda_archs` and embedded (backends/tvm/cuda.py)."""
+    device_code = contextlib.nullcontext()
+    if target.kind.name == "cuda":
+        from . import cuda
+        device_code = cuda.ahead_of_time(list(cuda_archs) or [str(target.attrs["arch"])])
     try:
-        with target, tvm.transform.PassContext(opt_level=3), database or contextlib.nullcontext():
+        with device_code, target, tvm.transform.PassContext(opt_level=3), database or contextlib.nullcontext():
             return tvm.compile(lowered.mod, target=target, relax_pipeline=build_pipeline(target, database))
     except (RuntimeError, ValueError, TypeError) as exc:  # TVM raises RuntimeError subclasses
         raise _compile_error(exc, lowered.program) from None
@@ -104,8 +110,9 @@ def _compile_error(exc: Exception, program) -> UnsupportedOpError:
     return UnsupportedOpError(f"TVM could not compile the model: {summary}", code="E401", problems=problems)
 
 
-def export_library(executable, path: Path, target_spec) -> None:
-    """Write the shared library; cross targets link with their cross compiler."""
+def export_library(executable, path: Path, target_spec) -> dict | None:
+    """Write the shared library; cross targets link with their cross compiler. For CUDA, returns
+    what device code it embeds (for the manifest)."""
     fcompile = None
     if target_spec.cross_compiler:
         target_spec.check_toolchain()
@@ -116,6 +123,10 @@ def export_library(executable, path: Path, target_spec) -> None:
     except (RuntimeError, OSError) as exc:
         raise ToolchainError(f"linking the library failed: {str(exc).strip().splitlines()[-1][:300]}",
                              code="E502") from None
+    if target_spec.device == "cuda":
+        from . import cuda
+        return cuda.describe_library(path, cuda.target_archs(target_spec))
+    return None
 
 
 def save_params(params: dict[str, np.ndarray], path: Path) -> None:
