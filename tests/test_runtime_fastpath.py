@@ -1,0 +1,79 @@
+"""The lean call path: zero-copy where possible, one copy otherwise, padding and splitting,
+and one predictor shared by many threads."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from accelc import runtime
+from tests.fixtures.helpers import pair_eager, pair_inputs, shared_artifact
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return runtime.load(shared_artifact())
+
+
+def test_aligned_input_is_passed_zero_copy(predictor):
+    array = runtime.aligned_empty((4, 3), np.float32)
+    array[:] = 1.5
+    tensor = predictor._device_tensor(0, array)
+    assert np.from_dlpack(tensor).ctypes.data == array.ctypes.data  # the same buffer, no copy
+
+
+def test_unaligned_input_is_copied_once_into_an_aligned_buffer(predictor):
+    raw = np.zeros(4 * 3 + 1, np.float32)
+    array = raw[1:].reshape(4, 3)  # 4-byte offset: never 64-byte aligned
+    assert array.ctypes.data % runtime.ALIGN != 0
+    tensor = predictor._device_tensor(0, array)
+    view = np.from_dlpack(tensor)
+    assert view.ctypes.data % runtime.ALIGN == 0 and not np.shares_memory(view, array)
+
+
+def test_two_same_shaped_unaligned_inputs_do_not_share_staging(predictor):
+    a, b = pair_inputs(4, seed=3)
+    a_off = np.zeros(a.size + 1, np.float32)[1:].reshape(a.shape)
+    b_off = np.zeros(b.size + 1, np.float32)[1:].reshape(b.shape)
+    a_off[:], b_off[:] = a, b
+    np.testing.assert_allclose(predictor(a_off, b_off), pair_eager(a, b), rtol=1e-5, atol=1e-6)
+
+
+def test_non_contiguous_input_matches_eager(predictor):
+    a, b = pair_inputs(8, seed=4)
+    np.testing.assert_allclose(predictor(a[::2], b[::2]), pair_eager(a[::2], b[::2]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 9])
+def test_any_batch_is_padded_or_split_onto_built_sizes(predictor, batch):
+    a, b = pair_inputs(batch, seed=batch)
+    got = predictor(a, b)
+    assert got.shape[0] == batch
+    np.testing.assert_allclose(got, pair_eager(a, b), rtol=1e-5, atol=1e-6)
+
+
+def test_outputs_of_successive_calls_are_independent(predictor):
+    a1, b1 = pair_inputs(4, seed=1)
+    a2, b2 = pair_inputs(4, seed=2)
+    first = predictor(a1, b1)
+    kept = first.copy()
+    predictor(a2, b2)
+    np.testing.assert_array_equal(first, kept)  # a later call never overwrites an earlier result
+
+
+def test_eight_threads_share_one_predictor(predictor):
+    inputs = [pair_inputs(1 + i % 4, seed=100 + i) for i in range(32)]
+    expected = [pair_eager(a, b) for a, b in inputs]
+
+    def worker(offset: int) -> bool:
+        for step in range(50):
+            index = (offset + step) % len(inputs)
+            got = predictor(*inputs[index])
+            if not np.array_equal(got, predictor(*inputs[index])) or \
+                    not np.allclose(got, expected[index], rtol=1e-5, atol=1e-6):
+                return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(worker, range(8)))
