@@ -123,3 +123,50 @@ def format_rows(rows: list[dict], title: str) -> str:
             lines.append(f"  {row['system']:<22} {row['p50_us']:>10.1f} {row['p99_us']:>10.1f} "
                          f"{row['gflops']:>9.2f} {row['bound_pct']:>11.1f}%")
     return "\n".join(lines)
+
+
+def bench_artifact(folder: Path, batches: list[int] | None = None, threads: int = 1, calls: int = 2000,
+                   log=print) -> dict:
+    """Time an artifact against its own original model's peers at each batch size."""
+    from . import artifact, capture, runtime
+    from .reverify import stored_recipe
+    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+    manifest = artifact.read_manifest(folder)
+    loaded = stored_recipe(Path(folder), manifest)
+    model = capture.build_model(loaded)
+    predictor = runtime.load(folder)
+    results = {"artifact": str(folder), "name": manifest["name"], "threads": threads,
+               "fma_bound_gflops": fma_bound_gflops(threads), "batches": {}}
+    for batch in batches or manifest["batch"]:
+        inputs = list(capture.random_inputs(loaded.recipe.model.inputs, batch, seed=batch))
+        rows = compare(model, inputs, {"accelc": lambda: predictor(*inputs)}, threads, calls)
+        results["batches"][batch] = rows
+        log(format_rows(rows, f"\n{manifest['name']} batch {batch}, {threads} thread(s), numpy in / numpy out"))
+    return results
+
+
+def plot(results: dict, path: Path) -> str | None:
+    """Latency vs batch size per system as a PNG; None if matplotlib is missing (a note, not an error)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "plot skipped: matplotlib is not installed"
+    series: dict[str, list[tuple[int, float]]] = {}
+    for batch, rows in results["batches"].items():
+        for row in rows:
+            if "p50_us" in row:
+                series.setdefault(row["system"], []).append((int(batch), row["p50_us"]))
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for system, points in series.items():
+        points.sort()
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=system)
+    axes.set(xscale="log", yscale="log", xlabel="batch size", ylabel="p50 latency (µs)",
+             title=f"{results['name']}: latency vs batch ({results['threads']} thread(s))")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return None

@@ -64,6 +64,25 @@ def _cmd_verify(args) -> int:
     return {"passed": EXIT_OK, "failed": EXIT_VERIFY_FAILED}.get(report["status"], EXIT_OK)
 
 
+def _cmd_bench(args) -> int:
+    from . import bench
+    target = Path(args.path)
+    if target.is_file():  # a recipe: build it first, into a temporary artifact
+        import tempfile
+
+        from .compile import build
+        target = build(target, output=Path(tempfile.mkdtemp(prefix="accelc-bench-")) / "artifact",
+                       log=_progress).output
+    batches = [int(b) for b in args.batch.split(",")] if args.batch else None
+    results = bench.bench_artifact(target, batches, args.threads, args.calls)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.plot:
+        note = bench.plot(results, Path(args.plot))
+        print(note or f"plot: {args.plot}")
+    return EXIT_OK
+
+
 def _cmd_inspect(args) -> int:
     from .artifact import check_files, read_manifest
     manifest = read_manifest(Path(args.artifact))
@@ -140,6 +159,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("artifact")
     p.add_argument("--samples", type=_positive, help="sample batches per batch size (default: the recipe's)")
     p.set_defaults(func=_cmd_verify)
+    p = sub.add_parser("bench", help="time an artifact (or a recipe, built first) against PyTorch, "
+                       "torch.compile and ONNX Runtime")
+    p.add_argument("path", help="recipe file or artifact directory")
+    p.add_argument("--batch", help="comma-separated batch sizes (default: the artifact's)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--calls", type=int, default=2000, help="timed calls per system and batch (after warm-up)")
+    p.add_argument("--json", help="write the results as JSON here")
+    p.add_argument("--plot", help="write a PNG of latency vs batch size here")
+    p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("inspect", help="print an artifact's manifest")
     p.add_argument("artifact")
     p.add_argument("--json", action="store_true")

@@ -8,9 +8,8 @@ from . import artifact, capture, recipe as recipe_mod, verify, yamlio
 from .errors import ArtifactError
 
 
-def reverify(folder: Path, samples: int | None = None) -> dict:
-    manifest = artifact.read_manifest(folder)
-    artifact.check_files(folder, manifest)
+def stored_recipe(folder: Path, manifest: dict, samples: int | None = None) -> recipe_mod.LoadedRecipe:
+    """The recipe an artifact was built from, as stored in its manifest (not the file as it is now)."""
     artifact.require(manifest, folder, recipe=dict, target=dict, outputs=list)
     stored = manifest["recipe"]
     if not (isinstance(stored.get("path"), str) and isinstance(stored.get("text"), str)):
@@ -21,15 +20,23 @@ def reverify(folder: Path, samples: int | None = None) -> dict:
     if samples is not None:
         recipe = recipe.model_copy(update={"verify": recipe.verify.model_copy(update={"samples": samples})})
     loaded = recipe_mod.LoadedRecipe(recipe=recipe, path=path, root=recipe_mod.find_root(path),
-                                     text=manifest["recipe"]["text"], located=located)
+                                     text=stored["text"], located=located)
+    if not loaded.root.is_dir():
+        raise ArtifactError(f"the recipe's repository {loaded.root} is not here; the original model is needed",
+                            code="E705")
+    return loaded
+
+
+def reverify(folder: Path, samples: int | None = None) -> dict:
+    manifest = artifact.read_manifest(folder)
+    artifact.check_files(folder, manifest)
+    loaded = stored_recipe(folder, manifest, samples)
     target = manifest["target"]
     from . import host
-    ok, why = host.can_run(target["device"], target["arch"], target.get("cpu_features", []))
+    ok, why = host.can_run(target.get("device"), target.get("arch"), target.get("cpu_features", []))
     if not ok:
-        return verify.skipped(f"target '{target['name']}' cannot run on this machine: {why}")
-    if not loaded.root.is_dir():
-        raise ArtifactError(f"the recipe's repository {loaded.root} is not here; the original model is needed "
-                            "to verify against", code="E705")
+        return verify.skipped(f"target '{target.get('name')}' cannot run on this machine: {why}")
+    recipe = loaded.recipe
     from . import runtime
     from .compile import sample_sets
     model = capture.build_model(loaded)

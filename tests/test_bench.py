@@ -1,0 +1,38 @@
+"""accelc bench: every system timed on the same inputs, peers skipped with a note when missing."""
+from __future__ import annotations
+
+import json
+
+from accelc import bench
+from accelc.cli import main
+from tests.fixtures.helpers import shared_artifact
+
+
+def test_time_calls_counts_and_orders_percentiles():
+    calls = []
+    timing = bench.time_calls(lambda: calls.append(1), calls=50, warmup=5)
+    assert len(calls) == 55 and timing["calls"] == 50
+    assert 0 < timing["p50_us"] <= timing["p99_us"]
+
+
+def test_model_flops_of_a_linear_layer_is_two_mac():
+    import numpy as np
+    import torch
+    layer = torch.nn.Linear(8, 4, bias=False)
+    assert bench.model_flops(layer, [np.zeros((3, 8), np.float32)]) == 2 * 3 * 8 * 4
+
+
+def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = main(["bench", str(shared_artifact()), "--batch", "1,3", "--calls", "20",
+                 "--json", str(out_json), "--plot", str(out_png)])
+    assert code == 0
+    results = json.loads(out_json.read_text())
+    assert set(results["batches"]) == {"1", "3"}
+    for rows in results["batches"].values():
+        systems = {row["system"]: row for row in rows}
+        assert systems["accelc"]["p50_us"] > 0
+        assert {"pytorch eager", "torch.compile", "onnxruntime"} <= set(systems)
+        assert all("p50_us" in row or row["note"].startswith("skipped") for row in rows)
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "pytorch eager" in capsys.readouterr().out
