@@ -67,7 +67,7 @@ def build_model(loaded: LoadedRecipe) -> torch.nn.Module:
         raise ModelError(f"entrypoint '{section.entrypoint}' returned {type(model).__name__}, not an nn.Module",
                          code="E301", location=where, field="model.entrypoint")
     if section.weights:
-        load_weights(model, loaded.resolve(section.weights), loaded.where("model", "weights"))
+        load_weights(model, loaded.resolve(section.weights, "model", "weights"), loaded.where("model", "weights"))
     return model.eval()
 
 

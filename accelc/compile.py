@@ -52,7 +52,8 @@ def build(recipe_path, target: str | None = None, output: str | Path | None = No
                            None if target else loaded.where("target"))
     targets.check_compatible(spec, recipe, loaded.where)
     spec.check_toolchain()
-    out = Path(output) if output else loaded.resolve(recipe.output.format(name=recipe.name, target=spec.name))
+    out = Path(output) if output else loaded.resolve(recipe.output.format(name=recipe.name, target=spec.name),
+                                                          "output")
     validation = data.validation_data(loaded) if recipe.verify.metric else None  # bad data fails before work
 
     from .backends.tvm import lower  # the compiler side: imported only when building
@@ -76,20 +77,26 @@ def build(recipe_path, target: str | None = None, output: str | Path | None = No
     if recipe.tuning.trials:
         from .backends.tvm import tune
         tvm_target = tune.tuning_target(tvm_target, recipe.tuning.threads)
-        tuning, database = tune.tune(lowered.mod, tvm_target, loaded.resolve(recipe.tuning.database),
+        tuning, database = tune.tune(lowered.mod, tvm_target, loaded.resolve(recipe.tuning.database, "tuning", "database"),
                                      recipe.tuning.trials, log)
-    executable = lower.compile_module(lowered, tvm_target, database)
+    executable = lower.compile_module(lowered, tvm_target, database, spec.cuda_archs)
     stage("writing the artifact")
     with artifact.staging(out) as tmp:
-        lower.export_library(executable, tmp / artifact.LIBRARY, spec)
+        device_code = lower.export_library(executable, tmp / artifact.LIBRARY, spec)  # CUDA: what is embedded
         lower.save_params(lowered.params, tmp / artifact.PARAMS)
-        manifest = {**_manifest(loaded, spec, captured, programs, lowered, pass_reports), "tuning": tuning}
+        manifest = {**_manifest(loaded, spec, captured, programs, lowered, pass_reports), "tuning": tuning,
+                    **({"device_code": device_code} if device_code else {})}
+        if device_code:
+            log(f"device code: {device_code['format']} with machine code for {', '.join(device_code['sass'])} "
+                f"(+ PTX {', '.join(device_code['ptx'])}), nvcc {device_code['cuda']}; no CUDA source embedded")
         artifact.write_manifest(tmp, {**manifest, "verification": {"status": "pending"}})
         stage("verifying against the original model")
         report = _verify(loaded, spec, captured, tmp, validation)
         manifest = artifact.write_manifest(tmp, {**manifest, "verification": report,
                                                  "verified": report["status"] == "passed"})
         log(verify.format_report(report))
+        if report.get("runner"):
+            log(f"  (ran under {report['runner']})")
         if report["status"] == "failed":
             raise VerificationError(f"{_failure(report)}; nothing was written to {out}", code="E600")
     stage.done()
@@ -108,9 +115,29 @@ def _failure(report: dict) -> str:
 def _verify(loaded, spec, captured: capture.Captured, folder: Path, validation=None) -> dict:
     ok, why = spec.runs_here()
     if not ok:
-        return verify.skipped(f"target '{spec.name}' cannot run on this machine: {why}")
+        return _verify_emulated(loaded, spec, captured, folder, validation, why)
     from . import runtime
-    predictor = runtime.load(folder)
+    return _compare(loaded, captured, runtime.load(folder), validation)
+
+
+def _verify_emulated(loaded, spec, captured: capture.Captured, folder: Path, validation, why: str) -> dict:
+    """Off-host CPU targets run under a user-mode emulator when its root is set up (emulate.py)."""
+    if not spec.emulator:
+        return verify.skipped(f"target '{spec.name}' cannot run on this machine: {why}")
+    from . import emulate
+    reason = emulate.unavailable(spec)
+    if reason is None:
+        try:
+            with emulate.EmulatedPredictor(folder, spec) as predictor:
+                return {**_compare(loaded, captured, predictor, validation), "runner": predictor.description}
+        except emulate.EmulatorUnavailable as exc:  # a broken root skips verification, never the build
+            reason = f"{exc}; rebuild the root with `{emulate.SETUP_COMMAND} --force`"
+    return verify.skipped(f"target '{spec.name}' cannot run on this machine ({why}) and cannot be emulated: "
+                          f"{reason}")
+
+
+def _compare(loaded, captured: capture.Captured, predictor, validation) -> dict:
+    """The artifact (native or emulated predictor) vs the eager model on the samples and the metric."""
     run_compiled = lambda arrays: predictor.predict(*arrays)  # noqa: E731
     run_reference = lambda arrays: capture.run_eager(captured.model, arrays)  # noqa: E731
     report = verify.verify(run_compiled, run_reference, sample_sets(loaded), loaded.recipe.verify.tolerance.atol,

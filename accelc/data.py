@@ -157,7 +157,7 @@ def validation_data(loaded) -> tuple[list[np.ndarray], np.ndarray]:
         if len(specs) != 1 or len(specs[0].shape) != 2:
             raise DataError("data.csv feeds models with one input of shape [batch, columns]", code="E357",
                             location=where)
-        features, labels = load_csv(loaded.resolve(section.csv), specs[0].columns, section.label,
+        features, labels = load_csv(loaded.resolve(section.csv, "data", "csv"), specs[0].columns, section.label,
                                     binary_label=gate is None or gate.name in BINARY_METRICS,
                                     display=section.csv)
         inputs = [features]

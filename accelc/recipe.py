@@ -3,6 +3,7 @@ turns every validation problem into `file:line:col field.path: message`."""
 from __future__ import annotations
 
 import math
+import os
 import re
 import string
 import typing
@@ -216,8 +217,15 @@ class LoadedRecipe(BaseModel):
     def where(self, *field_path) -> str:
         return self.located.where(field_path) if self.located else str(self.path)
 
-    def resolve(self, relative: str) -> Path:
-        return (self.root / relative).resolve()
+    def resolve(self, relative: str, *field_path) -> Path:
+        """A recipe path inside the recipe's repository; `..` or a symlink leading out of it is
+        refused unless ACCELC_ALLOW_OUTSIDE_REPO=1 (recipes come from repositories and CI runs them)."""
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root.resolve()) and os.environ.get("ACCELC_ALLOW_OUTSIDE_REPO") != "1":
+            raise RecipeError(f"path '{relative}' leads outside the recipe's repository {self.root}",
+                              code="E107", location=self.where(*field_path), field=".".join(map(str, field_path)),
+                              hint="keep files inside the repository, or set ACCELC_ALLOW_OUTSIDE_REPO=1")
+        return path
 
 
 def find_root(recipe_path: Path) -> Path:
