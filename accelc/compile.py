@@ -90,8 +90,8 @@ def build(recipe_path, target: str | None = None, output: str | Path | None = No
             log(f"device code: {device_code['format']} with machine code for {', '.join(device_code['sass'])} "
                 f"(+ PTX {', '.join(device_code['ptx'])}), nvcc {device_code['cuda']}; no CUDA source embedded")
         artifact.write_manifest(tmp, {**manifest, "verification": {"status": "pending"}})
-        stage("verifying against the original model")
-        report = _verify(loaded, spec, captured, tmp, validation)
+        stage("verifying the artifact")
+        report = _verify(loaded, spec, captured, graph if pass_reports else None, tmp, validation)
         manifest = artifact.write_manifest(tmp, {**manifest, "verification": report,
                                                  "verified": report["status"] == "passed"})
         log(verify.format_report(report))
@@ -112,36 +112,46 @@ def _failure(report: dict) -> str:
     return "the compiled module does not match the original model"
 
 
-def _verify(loaded, spec, captured: capture.Captured, folder: Path, validation=None) -> dict:
+def _verify(loaded, spec, captured: capture.Captured, rewritten, folder: Path, validation=None) -> dict:
+    """Two tiers: the artifact vs the rewritten graph within the tolerance (proves the compilation),
+    and vs the original model by the task metric (judges the passes). Without passes both are the
+    original model."""
     ok, why = spec.runs_here()
     if not ok:
-        return _verify_emulated(loaded, spec, captured, folder, validation, why)
+        return _verify_emulated(loaded, spec, captured, rewritten, folder, validation, why)
     from . import runtime
-    return _compare(loaded, captured, runtime.load(folder), validation)
+    return _compare(loaded, captured, rewritten, runtime.load(folder), validation)
 
 
-def _verify_emulated(loaded, spec, captured: capture.Captured, folder: Path, validation, why: str) -> dict:
+def _verify_emulated(loaded, spec, captured: capture.Captured, rewritten, folder: Path, validation,
+                     why: str) -> dict:
     """Off-host CPU targets run under a user-mode emulator when its root is set up (emulate.py)."""
     if not spec.emulator:
-        return verify.skipped(f"target '{spec.name}' cannot run on this machine: {why}")
+        later = "; verify it on a GPU host (accelc verify, benchmarks/gpu_check.sh)" if spec.device == "cuda" else ""
+        return verify.skipped(f"target '{spec.name}' cannot run on this machine: {why}{later}")
     from . import emulate
     reason = emulate.unavailable(spec)
     if reason is None:
         try:
             with emulate.EmulatedPredictor(folder, spec) as predictor:
-                return {**_compare(loaded, captured, predictor, validation), "runner": predictor.description}
+                return {**_compare(loaded, captured, rewritten, predictor, validation),
+                        "runner": predictor.description}
         except emulate.EmulatorUnavailable as exc:  # a broken root skips verification, never the build
             reason = f"{exc}; rebuild the root with `{emulate.SETUP_COMMAND} --force`"
     return verify.skipped(f"target '{spec.name}' cannot run on this machine ({why}) and cannot be emulated: "
                           f"{reason}")
 
 
-def _compare(loaded, captured: capture.Captured, predictor, validation) -> dict:
-    """The artifact (native or emulated predictor) vs the eager model on the samples and the metric."""
+def _compare(loaded, captured: capture.Captured, rewritten, predictor, validation) -> dict:
+    """The artifact (native or emulated predictor) vs the rewritten graph on the samples, and vs
+    the original eager model by the metric."""
     run_compiled = lambda arrays: predictor.predict(*arrays)  # noqa: E731
     run_reference = lambda arrays: capture.run_eager(captured.model, arrays)  # noqa: E731
-    report = verify.verify(run_compiled, run_reference, sample_sets(loaded), loaded.recipe.verify.tolerance.atol,
+    run_rewritten = (lambda arrays: capture.run_eager(rewritten, arrays)) if rewritten is not None \
+        else run_reference
+    report = verify.verify(run_compiled, run_rewritten, sample_sets(loaded), loaded.recipe.verify.tolerance.atol,
                            loaded.recipe.verify.tolerance.rtol, captured.output_names)
+    report["reference"] = "rewritten graph (after passes)" if rewritten is not None else "original model"
     gate = loaded.recipe.verify.metric
     if gate and validation is not None:  # the task metric: original eager model vs the artifact
         report["metric"] = metrics.evaluate(gate.name, gate.max_drop, run_compiled, run_reference, *validation,

@@ -59,7 +59,8 @@ def format_report(report: dict) -> str:
     if report["status"] == "skipped":
         return f"verification skipped: {report['reason']}"
     tol = report["tolerance"]
-    lines = [f"verification vs original model (atol={tol['atol']:g}, rtol={tol['rtol']:g})",
+    lines = [f"verification vs {report.get('reference', 'original model')} (atol={tol['atol']:g}, "
+             f"rtol={tol['rtol']:g})",
              f"  {'batch':>6} {'output':<10} {'samples':>7} {'max abs err':>12} {'max rel err':>12} "
              f"{'mismatched':>14}  result"]
     for r in report["rows"]:

@@ -36,7 +36,7 @@ def compile_and_run(model, inputs, specs):
     params = vm["transform_params"]([tvm.runtime.tensor(p) for p in lowered.params.values()]) \
         if lowered.params else []
     out = vm[lower.function_name(inputs[0].shape[0])](*[tvm.runtime.tensor(a) for a in inputs], *params)
-    return out[0].numpy(), lowered, executable_source(lowered)
+    return out.numpy(), lowered, executable_source(lowered)  # one output: returned unwrapped
 
 
 def executable_source(lowered) -> str:

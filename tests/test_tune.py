@@ -51,7 +51,7 @@ def test_records_round_trip_and_apply(tuned):
     vm = tvm.relax.VirtualMachine(executable, tvm.cpu())
     params = vm["transform_params"]([tvm.runtime.tensor(p) for p in lowered.params.values()])
     x = np.random.default_rng(1).standard_normal((4, 8), dtype=np.float32)
-    got = vm["main_b4"](tvm.runtime.tensor(x), *params)[0].numpy()
+    got = vm["main_b4"](tvm.runtime.tensor(x), *params).numpy()  # one output: returned unwrapped
     np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
 
 

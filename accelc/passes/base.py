@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import AccelcError, PassError, Problem
+from . import stats
 
 PASSES: dict[str, type["Pass"]] = {}
 PASS_CONFIGS: dict[str, type[BaseModel]] = {}
@@ -54,11 +55,10 @@ def register(cls: type[Pass]) -> type[Pass]:
     return cls
 
 
-def graph_stats(gm) -> dict:
-    """Parameter count and op count of a graph (reported before/after each pass)."""
-    params = sum(t.numel() for t in gm.state_dict().values())
+def graph_stats(gm, example_inputs=()) -> dict:
+    """Parameters read, MACs per sample (see stats.py) and op count of a graph, before/after each pass."""
     ops = sum(1 for n in gm.graph.nodes if n.op == "call_function")
-    return {"params": int(params), "ops": ops}
+    return {**stats.measure(gm, example_inputs), "ops": ops}
 
 
 def run_passes(gm, configs: list, ctx: PassContext):
@@ -68,10 +68,10 @@ def run_passes(gm, configs: list, ctx: PassContext):
     anything else propagates as a bug, also annotated with the history.
     """
     reports, history = [], []
-    graph = gm
+    graph, after = gm, None
     for index, config in enumerate(configs):
         pass_ = PASSES[config.kind](config)
-        before = graph_stats(graph)
+        before = after or graph_stats(graph, ctx.example_inputs)
         start = time.perf_counter()
         try:
             with warnings.catch_warnings():
@@ -86,7 +86,7 @@ def run_passes(gm, configs: list, ctx: PassContext):
             exc.add_note(f"in pass #{index} '{config.kind}' after: {', '.join(history) or 'none'}")
             raise
         result.graph.graph.lint()
-        after = graph_stats(result.graph)
+        after = graph_stats(result.graph, ctx.example_inputs)
         reports.append({"kind": config.kind, "changed": result.changed, "seconds": round(time.perf_counter() - start, 4),
                         "before": before, "after": after, **result.stats})
         history.append(config.kind)

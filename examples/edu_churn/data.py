@@ -162,6 +162,12 @@ def validation_set() -> tuple[np.ndarray, np.ndarray]:
     return part.raw, part.labels
 
 
+def train_set() -> tuple[np.ndarray, np.ndarray]:
+    """Fine-tuning data (prune's `finetune.data`): raw vectors and labels of the training split."""
+    part = default_splits()["train"]
+    return part.raw, part.labels
+
+
 def sample_inputs(batch: int, seed: int) -> np.ndarray:
     """Recipe `data.samples`: `batch` raw vectors (NaNs and all) drawn from the validation split."""
     raw = default_splits()["validation"].raw
