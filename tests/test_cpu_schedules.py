@@ -72,3 +72,22 @@ def test_batched_matmul():
     specs = [InputSpec(name="a", shape=["batch", 5, 7]), InputSpec(name="b", shape=["batch", 7, 9])]
     got, _, _ = compile_and_run(BatchedMatmul(), [a, b], specs)
     np.testing.assert_allclose(got, np.matmul(a, b) * 0.5, rtol=1e-5, atol=1e-5)
+
+
+class Preprocess(torch.nn.Module):
+    """Elementwise chain like edu_churn's folded cleaning: NaN fill, clamp, log1p, standardise."""
+
+    def forward(self, x):
+        x = torch.where(torch.isnan(x), torch.zeros_like(x), x)
+        return (torch.log1p(torch.clamp(x, 0.0, 50.0)) - 0.5) / 2.0
+
+
+@pytest.mark.parametrize("rows", [1, 3, 700])  # scalar tail, tiny, and large enough to go parallel
+def test_elementwise_chain_is_fused_vectorised_and_exact(rows):
+    x = np.random.default_rng(rows).standard_normal((rows, 27), dtype=np.float32) * 10
+    x[::3, 5] = np.nan
+    got, _, script = compile_and_run(Preprocess(), [x], [InputSpec(name="x", shape=["batch", 27])])
+    want = Preprocess()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    if rows * 27 >= 8:
+        assert "T.vectorized" in script

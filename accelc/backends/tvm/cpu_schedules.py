@@ -7,6 +7,8 @@ multi-threaded schedule: the classic CPU GEMM blocking, with no search.
 """
 from __future__ import annotations
 
+import math
+
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
@@ -26,7 +28,7 @@ class Matmul(CPUScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
-        blocks = sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []
+        blocks = sch.get_child_blocks(sch.get_sblock("root")) if _has_root(func) else []
         names = [sch.get(b).name_hint for b in blocks]
         if not names or not names[0].endswith("matmul"):
             return None
@@ -62,14 +64,51 @@ class Matmul(CPUScheduleRule):
         return sch
 
 
-def _has_root(sch) -> bool:
+class Elementwise(CPUScheduleRule):
+    """Injective kernels (preprocessing, activations, reshapes): one flat loop, vectorised
+    in chunks and split across threads when large. Default legalization leaves them as
+    scalar loop nests, which made edu_churn's folded preprocessing slower than numpy."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target) or not _has_root(func):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        if not blocks or any(iv.iter_type != tirx.IterVar.DataPar
+                             for b in blocks for iv in sch.get(b).iter_vars):
+            return None
+        try:
+            for block in blocks[:-1]:
+                sch.compute_inline(block)
+        except Exception:  # a producer that cannot be inlined (e.g. read twice at other indices)
+            return None
+        loops = sch.get_loops(blocks[-1])
+        extents = [_extent(sch, loop) for loop in loops]
+        if not loops or None in extents:
+            return None
+        flat = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        total, lanes = math.prod(extents), _lanes(target)
+        if total >= 1 << 14:  # worth the thread pool's wake-up
+            outer, flat = sch.split(flat, [None, 1 << 12])
+            sch.parallel(outer)
+        if total >= lanes:
+            _, inner = sch.split(flat, [None, lanes])
+            sch.vectorize(inner)
+        return sch
+
+
+def _has_root(func: tirx.PrimFunc) -> bool:
+    """Legalized kernels have one root block; hand-written ones may not (not ours to schedule)."""
     try:
-        sch.get_sblock("root")
+        s_tir.Schedule(func).get_sblock("root")
         return True
-    except Exception:  # a PrimFunc without a root block is not ours to schedule
+    except Exception:
         return False
 
 
 def _lanes(target: Target) -> int:
-    from tvm.target.codegen import llvm_get_vector_width
-    return max(4, llvm_get_vector_width(target) // 32)
+    """fp32 lanes of one vector register: 8 on AVX2, 16 with AVX-512, 4 on NEON."""
+    mattr = " ".join(target.attrs.get("mattr", [])) + str(target.attrs.get("mcpu", ""))
+    if "avx512" in mattr or "skylake-avx512" in mattr or "icelake" in mattr or "sapphirerapids" in mattr:
+        return 16
+    return 8 if target.attrs.get("mtriple", "x86_64").startswith("x86_64") else 4

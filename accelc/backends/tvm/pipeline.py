@@ -30,10 +30,10 @@ def cpu_pipeline(target, database=None) -> list:
     from tvm.relax.backend.cpu_generic import pipeline as backend
     from tvm.s_tir import dlight
 
-    from .cpu_schedules import Matmul
+    from .cpu_schedules import Elementwise, Matmul
     passes = _backend_passes(backend, target, database)
     # Kernels without a tuning record get a default schedule instead of naive loops.
-    defaults = dlight.ApplyDefaultSchedule(Matmul(), dlight.cpu.GEMV(), dlight.cpu.Reduction())
+    defaults = dlight.ApplyDefaultSchedule(Matmul(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), Elementwise())
     at = next(i for i, p in enumerate(passes) if p.info.name == "RewriteDataflowReshape")
     return passes[:at] + [defaults] + passes[at:]
 
