@@ -56,6 +56,15 @@ def _cmd_targets(args) -> int:
     return EXIT_OK
 
 
+def _cmd_doctor(args) -> int:
+    from . import doctor, emulate
+    if args.setup_arm:
+        emulate.setup(force=args.force, log=_progress)
+    findings = doctor.report(Path.cwd())
+    print(json.dumps(doctor.as_json(findings), indent=2) if args.json else doctor.format_findings(findings))
+    return EXIT_OK
+
+
 def _cmd_verify(args) -> int:
     from .reverify import reverify
     from .verify import format_report
@@ -80,6 +89,15 @@ def _cmd_bench(args) -> int:
     if args.plot:
         note = bench.plot(results, Path(args.plot))
         print(note or f"plot: {args.plot}")
+    return EXIT_OK
+
+
+def _cmd_serve(args) -> int:
+    from .serve import ServeOptions, serve
+    given = {name: getattr(args, name) for name in ("max_batch_rows", "max_body_bytes", "micro_batch_ms", "threads")}
+    options = ServeOptions(reject_nonfinite=args.reject_nonfinite,
+                           **{name: value for name, value in given.items() if value is not None})  # else defaults
+    serve(args.artifact, host=args.host, port=args.port, options=options, log=_progress)
     return EXIT_OK
 
 
@@ -155,6 +173,11 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_schema)
     p = sub.add_parser("targets", help="list known targets")
     p.set_defaults(func=_cmd_targets)
+    p = sub.add_parser("doctor", help="which targets can be built and verified here, and what is missing")
+    p.add_argument("--setup-arm", action="store_true", help="first make the arm64 emulation root (once, cached)")
+    p.add_argument("--force", action="store_true", help="with --setup-arm: rebuild the root even if it is ready")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_doctor)
     p = sub.add_parser("verify", help="re-run an artifact's verification")
     p.add_argument("artifact")
     p.add_argument("--samples", type=_positive, help="sample batches per batch size (default: the recipe's)")
@@ -168,6 +191,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--plot", help="write a PNG of latency vs batch size here")
     p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("serve", help="serve an artifact over HTTP JSON (POST /predict, GET /health, GET /metadata)")
+    p.add_argument("artifact")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
+    p.add_argument("--max-batch-rows", type=_positive, help="rows per request (default: the largest built batch)")
+    p.add_argument("--max-body-bytes", type=_positive, help="larger bodies get 413 (default 8 MiB)")
+    p.add_argument("--micro-batch-ms", type=float,
+                   help="merge concurrent requests arriving within this many ms into one call (default 0: off)")
+    p.add_argument("--reject-nonfinite", action="store_true", help="refuse NaN/Inf in float inputs (default: accept; "
+                   "null means NaN)")
+    p.add_argument("--threads", type=_positive, help="predictor threads (default: CPU cores, at most 4)")
+    p.set_defaults(func=_cmd_serve)
     p = sub.add_parser("inspect", help="print an artifact's manifest")
     p.add_argument("artifact")
     p.add_argument("--json", action="store_true")

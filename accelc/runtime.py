@@ -6,6 +6,7 @@ Set TVM_USE_RUNTIME_LIB=1 before the first `import tvm` to load only libtvm_runt
 from __future__ import annotations
 
 import math
+import re
 import threading
 from pathlib import Path
 
@@ -62,6 +63,10 @@ class Predictor:
         self._batched = [spec["shape"][:1] == ["batch"] for spec in self.inputs]
         self._out_batched = [spec["shape"][:1] == ["batch"] for spec in self.outputs]
         self._local = threading.local()
+        if not self._on_cpu:
+            _load_cuda_runtime()
+            if check_host:
+                check_gpu_arch(self.device, self.manifest.get("device_code") or {})
         try:
             self._library = tvm.runtime.load_module(str(self.path / artifact.LIBRARY))
             params = tvm.runtime.load_param_dict_from_file(str(self.path / artifact.PARAMS))
@@ -218,6 +223,39 @@ class Predictor:
         """The output array, or a tuple of them for multi-output models."""
         outputs = self.predict(*args, **kwargs)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _load_cuda_runtime() -> None:
+    """TVM's CUDA runtime library: a runtime-only TVM (TVM_USE_RUNTIME_LIB=1, or no
+    libtvm_compiler.so) does not load it at import, and a CUDA library cannot load without it."""
+    import tvm
+    import tvm_ffi
+    if tvm_ffi.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is not None:
+        return
+    from tvm_ffi.libinfo import load_lib_ctypes
+    lib_dir = Path(tvm.base._LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    try:
+        tvm.base._LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes("tvm", "tvm_runtime_cuda", "RTLD_LOCAL",
+                                                                    extra_lib_paths=[lib_dir])
+    except (OSError, RuntimeError) as exc:
+        raise ArtifactError(f"cannot load TVM's CUDA runtime: {str(exc).strip()[:300]}", code="E708",
+                            hint="install an NVIDIA driver and the CUDA 13 runtime (pip install "
+                                 "nvidia-cuda-runtime)") from None
+
+
+def check_gpu_arch(device, code: dict) -> None:
+    """Refuse a GPU that none of the embedded machine code (sm_XY runs on X.Y..X.9) or PTX
+    (JIT-compiled by the driver for X.Y and newer) can run on."""
+    if not code.get("sass"):
+        return
+    major, minor = (int(x) for x in device.compute_version.split("."))
+    numbers = lambda names: [int(re.search(r"\d+", n).group()) for n in names]  # noqa: E731  sm_90a -> 90
+    if any(n // 10 == major and n % 10 <= minor for n in numbers(code["sass"])) or any(
+            major * 10 + minor >= n for n in numbers(code.get("ptx", []))):
+        return
+    raise ArtifactError(f"this GPU ({device.device_name}) is sm_{major}{minor}; the artifact holds code for "
+                        f"{', '.join(code['sass'] + code.get('ptx', []))}", code="E709",
+                        hint="rebuild it for a target whose cuda_archs include this GPU")
 
 
 def _checked_manifest(folder: Path) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
@@ -29,7 +29,9 @@ class Target(BaseModel):
     cross_compiler: str | None = Field(None, description="C++ compiler that links the shared library.")
     cross_compiler_package: str | None = Field(None, description="Debian package that provides it.")
     emulator: str | None = Field(None, description="User-mode emulator used to verify off-host builds.")
-    cuda_archs: list[str] = Field(default_factory=list, description="GPU architectures (sm_XX) to build for.")
+    emulator_package: str | None = Field(None, description="Debian package that provides the emulator.")
+    cuda_archs: list[Annotated[str, Field(pattern=r"^sm_\d+[af]?$")]] = Field(
+        default_factory=list, description="GPU architectures (sm_XX) whose machine code is embedded.")
     _source: str | None = PrivateAttr(None)  # file:line:col of the `tvm` entry, for errors
 
     def tvm_target(self):
@@ -53,6 +55,9 @@ class Target(BaseModel):
             package = self.cross_compiler_package or self.cross_compiler
             raise ToolchainError(f"target '{self.name}' needs the cross compiler '{self.cross_compiler}'",
                                  code="E501", hint=f"apt-get install {package}")
+        if self.device == "cuda":  # device code is compiled by nvcc at build time
+            from .backends.tvm import cuda
+            cuda.check_toolchain(self)
 
 
 def target_dirs(root: Path | None) -> list[Path]:

@@ -1,0 +1,474 @@
+"""HTTP JSON serving of one artifact: POST /predict, GET /health, GET /metadata.
+
+Built on Starlette + uvicorn rather than http.server: HTTP parsing, keep-alive, header limits and
+concurrent connections are a server library's job. This module only turns JSON into checked arrays
+and back. It imports the runtime side only (no torch, no compiler), like runtime.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import socket
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import runtime
+from .errors import AccelcError, InputError, ToolchainError, did_you_mean
+
+try:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+except ImportError as exc:  # the server is an extra: the runtime alone does not need it
+    raise ToolchainError(f"`accelc serve` needs starlette and uvicorn ({exc.name} is not installed)",
+                         code="E510", hint="pip install 'accelc[serve]'") from None
+
+# HTTP status per error code; every other InputError (E801-E806: the inputs do not fit the
+# artifact's signature) is 422. Codes E81x belong to the HTTP layer.
+STATUS = {"E807": 413, "E810": 400, "E811": 400, "E812": 413, "E813": 404}
+INLINE_BYTES = 16 << 10  # bodies up to this size are decoded on the event loop (faster than a thread hop)
+KINDS = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans", "U": "strings", "S": "strings"}
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What the server accepts and how it runs the predictor."""
+
+    max_batch_rows: int | None = None  # rows per request; None: the largest built batch size
+    max_body_bytes: int = 8 << 20
+    micro_batch_ms: float = 0.0  # 0: off; else merge concurrent requests arriving within this window
+    reject_nonfinite: bool = False  # edu_churn takes NaN (= missing) by design, so accept by default
+    threads: int = min(4, os.cpu_count() or 1)  # predictor threads (each keeps its own VM)
+
+    def __post_init__(self):
+        for name in ("max_batch_rows", "max_body_bytes", "threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise InputError(f"serve option {name} must be an integer >= 1, got {value!r}", code="E804")
+        if not (isinstance(self.micro_batch_ms, (int, float)) and 0 <= self.micro_batch_ms <= 10_000):
+            raise InputError(f"micro_batch_ms must be between 0 and 10000, got {self.micro_batch_ms!r}", code="E804")
+
+
+@dataclass(frozen=True)
+class _Input:
+    name: str
+    dtype: np.dtype
+    shape: list  # as in the manifest: "batch" for the batch dimension
+    dims: tuple  # None for the batch dimension
+    batched: bool
+
+
+# ---- request decoding ---------------------------------------------------------------------------
+
+class Decoder:
+    """JSON body -> arrays in input order, each of the artifact's dtype, shape checked, 64-byte aligned."""
+
+    def __init__(self, specs: list[dict], max_rows: int, reject_nonfinite: bool):
+        self.inputs = [_Input(s["name"], np.dtype(s["dtype"]), s["shape"], tuple(None if d == "batch" else int(d)
+                              for d in s["shape"]), s["shape"][:1] == ["batch"]) for s in specs]
+        self.names = [i.name for i in self.inputs]
+        self.max_rows, self.reject_nonfinite = max_rows, reject_nonfinite
+
+    def decode(self, body: bytes) -> tuple[list[np.ndarray], int]:
+        """The arrays and the request's batch rows (1 when no input is batched)."""
+        values = self._values(_parse(body))
+        arrays = [self._array(spec, value) for spec, value in zip(self.inputs, values)]
+        rows = {a.shape[0] for a, spec in zip(arrays, self.inputs) if spec.batched}
+        if len(rows) > 1:
+            raise InputError(f"inputs disagree on the batch size: {sorted(rows)}", code="E802")
+        return arrays, rows.pop() if rows else 1
+
+    def _values(self, data) -> list:
+        if not isinstance(data, dict) or "inputs" not in data or set(data) != {"inputs"}:
+            raise InputError('the body must be a JSON object {"inputs": {name: nested list, ...}} or '
+                             '{"inputs": [nested list, ...]} in input order', code="E811")
+        given = data["inputs"]
+        if isinstance(given, list):
+            if len(given) != len(self.names):
+                raise InputError(f"expected {len(self.names)} input(s) {self.names} in this order, got {len(given)}",
+                                 code="E801")
+            return given
+        if not isinstance(given, dict):
+            raise InputError('"inputs" must be an object {name: nested list} or a list in input order', code="E811")
+        unknown = [n for n in given if n not in self.names]
+        if unknown:
+            raise InputError(f"unknown input {unknown[0]!r}; the artifact takes {self.names}", code="E801",
+                             hint=did_you_mean(unknown[0], self.names))
+        missing = [n for n in self.names if n not in given]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; the artifact takes {self.names}", code="E801")
+        return [given[n] for n in self.names]
+
+    def _array(self, spec: _Input, value) -> np.ndarray:
+        where = f"input '{spec.name}'"
+        try:
+            array = np.array(value)
+        except (ValueError, TypeError, RecursionError):
+            raise InputError(f"{where} is not a rectangular nested list: rows of different lengths, "
+                             "or lists mixed with numbers", code="E802") from None
+        if array.dtype.kind in "USV":
+            raise InputError(f"{where} must hold {KINDS[spec.dtype.kind]} ({spec.dtype}), got strings", code="E803")
+        if array.ndim != len(spec.dims) or any(d is not None and d != n for d, n in zip(spec.dims, array.shape)):
+            raise InputError(f"{where} must have shape {spec.shape}, got {list(array.shape)}", code="E802")
+        if spec.batched and array.shape[0] < 1:
+            raise InputError(f"{where}: empty batch", code="E802")
+        if spec.batched and array.shape[0] > self.max_rows:
+            raise InputError(f"{where}: {array.shape[0]} rows is more than this server takes per request "
+                             f"({self.max_rows})", code="E807", hint="split the request, or raise --max-batch-rows")
+        if array.dtype.kind == "O":  # null among numbers, an integer beyond 64 bits, or an object
+            array = _from_objects(where, spec.dtype, array)
+        return self._cast(where, spec.dtype, array)
+
+    def _cast(self, where: str, dtype: np.dtype, array: np.ndarray) -> np.ndarray:
+        kind = array.dtype.kind
+        accepted = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}.get(dtype.kind, dtype.kind)
+        if kind not in accepted:
+            got = "numbers with a fraction or exponent (1.5, 2.0)" if kind == "f" else KINDS.get(kind, str(array.dtype))
+            raise InputError(f"{where} must hold {KINDS.get(dtype.kind, dtype.name)} ({dtype}), got {got}",
+                             code="E803")
+        if dtype.kind in "iu" and array.size:
+            info = np.iinfo(dtype)
+            outside = (array < info.min) | (array > info.max)
+            if outside.any():
+                bad = int(np.flatnonzero(outside)[0])
+                raise InputError(f"{where}: value {array.flat[bad]} at flat index {bad} does not fit in {dtype}",
+                                 code="E803")
+        out = runtime.aligned_empty(array.shape, dtype)  # aligned: the predictor takes it without a copy
+        with np.errstate(over="ignore", invalid="ignore"):  # 1e39 -> inf in float32, checked below
+            np.copyto(out, array, casting="unsafe")
+        if self.reject_nonfinite and dtype.kind == "f" and not np.isfinite(out).all():
+            bad = int(np.flatnonzero(~np.isfinite(out))[0])
+            raise InputError(f"{where}: non-finite value {out.flat[bad]} at flat index {bad}; this server rejects "
+                             "NaN and infinities (--reject-nonfinite)", code="E806")
+        return out
+
+
+def _parse(body: bytes):
+    """JSON, or a coded error. NaN/Infinity literals are accepted (Python's json writes them)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise InputError("the body is not valid JSON: nested too deeply", code="E810") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"the body is not valid JSON: {exc}", code="E810") from None
+
+
+def _from_objects(where: str, dtype: np.dtype, array: np.ndarray) -> np.ndarray:
+    """Numbers from an object array: null is NaN for float inputs; other objects, and numbers the
+    input's dtype cannot hold (integers beyond 64 bits, say), are errors."""
+    low, high = ((-sys.float_info.max, sys.float_info.max) if dtype.kind == "f" else
+                 (np.iinfo(dtype).min, np.iinfo(dtype).max) if dtype.kind in "iu" else (1, 0))
+    for index, item in enumerate(array.flat):
+        if item is None and dtype.kind == "f":
+            continue
+        if item is None or isinstance(item, bool) or not isinstance(item, (int, float)) or (
+                isinstance(item, float) and dtype.kind != "f"):
+            what = ("null (only float inputs take null, as NaN)" if item is None else
+                    "a number with a fraction" if isinstance(item, float) else _json_type(item))
+            raise InputError(f"{where}: element at flat index {index} is {what}, not {KINDS[dtype.kind]}",
+                             code="E803")
+        if not low <= item <= high:
+            raise InputError(f"{where}: value {item} at flat index {index} does not fit in {dtype}", code="E803")
+    return np.array([math.nan if x is None else x for x in array.flat],
+                    np.float64 if dtype.kind == "f" else dtype).reshape(array.shape)
+
+
+def _json_type(item) -> str:
+    return {bool: "a boolean", str: "a string", dict: "an object", list: "a list"}.get(type(item), type(item).__name__)
+
+
+# ---- responses ----------------------------------------------------------------------------------
+
+def _jsonable(array: np.ndarray):
+    """Nested lists; NaN and infinities become null (JSON has neither)."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        objects = array.astype(object)
+        objects[~np.isfinite(array)] = None
+        return objects.tolist()
+    return array.tolist()
+
+
+def error_response(exc: AccelcError) -> JSONResponse:
+    problem = exc.problems[0]
+    error = {"code": problem.code, "message": problem.message, **({"hint": problem.hint} if problem.hint else {})}
+    return JSONResponse({"error": error}, status_code=STATUS.get(problem.code, 422))
+
+
+def _too_large(limit: int) -> InputError:
+    return InputError(f"the request body is larger than {limit} bytes", code="E812",
+                      hint="send fewer rows per request, or raise --max-body-bytes")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it is known to exceed `limit` (declared length or bytes received)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# ---- the service --------------------------------------------------------------------------------
+
+@dataclass
+class _Pending:
+    arrays: list
+    rows: int
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """Merges requests that arrive within `window_s` into one predictor call along the batch.
+
+    Runs on the event loop thread only (no locks): the first request opens a batch and starts
+    the timer; the batch is flushed when the timer fires or when it holds `max_rows` rows.
+    """
+
+    def __init__(self, service: Service, window_s: float, max_rows: int):
+        self.service, self.window_s, self.max_rows = service, window_s, max_rows
+        self._open: list[_Pending] = []
+        self._rows = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    async def submit(self, arrays: list[np.ndarray], rows: int) -> list[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        if self._open and self._rows + rows > self.max_rows:
+            self._flush()
+        pending = _Pending(arrays, rows, loop.create_future())
+        self._open.append(pending)
+        self._rows += rows
+        if self._rows >= self.max_rows:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.window_s, self._flush)
+        return await pending.future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._open, self._rows = self._open, [], 0
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._tasks.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        live = [p for p in batch if not p.future.done()]  # a client that went away is cancelled
+        results = None
+        try:
+            if len(live) > 1:
+                results = await self.service.offload(_merged, self.service.call, [p.arrays for p in live],
+                                                     [p.rows for p in live])
+        except InputError:  # one request's values (an index out of range) spoil the merged call
+            pass
+        except Exception as exc:  # a bug: every waiting request gets it (-> 500), none hangs
+            results = [exc] * len(live)
+        if results is None:  # alone, or after a spoiled merge: each request on its own
+            results = await asyncio.gather(*(self.service.offload(self.service.call, *p.arrays) for p in live),
+                                           return_exceptions=True)
+        for pending, result in zip(live, results):
+            if not pending.future.done():
+                if isinstance(result, BaseException):
+                    pending.future.set_exception(result)
+                else:
+                    pending.future.set_result(result)
+
+
+def _merged(call, requests: list[list[np.ndarray]], rows: list[int]) -> list[list[np.ndarray]]:
+    """One predictor call on the requests concatenated along the batch; outputs split back."""
+    merged = []
+    for parts in zip(*requests):
+        out = runtime.aligned_empty((sum(rows), *parts[0].shape[1:]), parts[0].dtype)
+        merged.append(np.concatenate(parts, out=out))
+    outputs = call(*merged)
+    bounds = np.cumsum([0, *rows])
+    return [[out[start:stop] for out in outputs] for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
+class Service:
+    """One loaded predictor behind the HTTP endpoints, with a fixed pool of predictor threads."""
+
+    def __init__(self, predictor, options: ServeOptions):
+        self.predictor, self.options = predictor, options
+        largest = predictor.sizes[-1] if predictor.sizes else 1
+        self.max_rows = options.max_batch_rows or largest
+        self.decoder = Decoder(predictor.inputs, self.max_rows, options.reject_nonfinite)
+        self.output_names = [spec["name"] for spec in predictor.outputs]
+        self.pool = ThreadPoolExecutor(options.threads, thread_name_prefix="accelc-predict")
+        self.requests = self.calls = 0  # requests received, predictor calls made (-> /health)
+        self._lock = threading.Lock()
+        self.batcher = None
+        if options.micro_batch_ms:
+            batched = [s["shape"][:1] == ["batch"] for s in (*predictor.inputs, *predictor.outputs)]
+            if not all(batched):
+                raise InputError("micro-batching needs a batch dimension on every input and output",
+                                 code="E804", hint="serve without --micro-batch-ms")
+            self.batcher = MicroBatcher(self, options.micro_batch_ms / 1000, min(largest, self.max_rows))
+        self.metadata = json.dumps(_metadata(predictor, options, self.max_rows, self.batcher is not None)).encode()
+
+    async def offload(self, function, *args):
+        """Run in the predictor pool, off the event loop (threads persist, so each keeps its VM)."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
+
+    def answer(self, body: bytes) -> Response:
+        """Decode, predict, encode: the whole request in one thread hop when not micro-batching."""
+        try:
+            arrays, _ = self.decoder.decode(body)
+            outputs = self.call(*arrays)
+        except AccelcError as exc:
+            return error_response(exc)
+        return self.encode(outputs)
+
+    def call(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        outputs = self.predictor.predict(*arrays)
+        with self._lock:
+            self.calls += 1
+        return outputs
+
+    def encode(self, outputs: list[np.ndarray]) -> Response:
+        return JSONResponse({"outputs": {name: _jsonable(out) for name, out in zip(self.output_names, outputs)}})
+
+    async def predict(self, request: Request) -> Response:
+        self.requests += 1
+        try:
+            body = await _read_body(request, self.options.max_body_bytes)
+        except AccelcError as exc:
+            return error_response(exc)
+        if self.batcher is None:
+            return await self.offload(self.answer, body)
+        try:
+            small = len(body) <= INLINE_BYTES
+            arrays, rows = self.decoder.decode(body) if small else await self.offload(self.decoder.decode, body)
+            outputs = await self.batcher.submit(arrays, rows)
+        except AccelcError as exc:
+            return error_response(exc)
+        return self.encode(outputs) if small else await self.offload(self.encode, outputs)
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "name": self.predictor.manifest.get("name"),
+                             "requests": self.requests, "predictor_calls": self.calls})
+
+    async def describe(self, request: Request) -> Response:
+        return Response(self.metadata, media_type="application/json")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _metadata(predictor, options: ServeOptions, max_rows: int, micro_batching: bool) -> dict:
+    """What a client needs to call the model, from the manifest, and the server's limits."""
+    manifest = predictor.manifest
+    verification = manifest.get("verification") if isinstance(manifest.get("verification"), dict) else {}
+    target = manifest["target"]
+    return {"name": manifest.get("name"), "accelc": manifest.get("accelc"),
+            "target": {key: target.get(key) for key in ("name", "device", "arch", "cpu_features")},
+            "inputs": predictor.inputs, "outputs": predictor.outputs, "batch_sizes": predictor.sizes,
+            "verification": {"verified": manifest.get("verified") is True, "status": verification.get("status"),
+                             **({"metric": verification["metric"]} if "metric" in verification else {})},
+            "recipe_sha256": (manifest.get("recipe") or {}).get("sha256"), "versions": manifest.get("versions"),
+            "serving": {**asdict(options), "max_batch_rows": max_rows, "micro_batching": micro_batching,
+                        "nonfinite": "rejected" if options.reject_nonfinite else "accepted (null = NaN)"}}
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """Routing errors (404, 405) in the same JSON shape as the others."""
+    message = {404: f"no endpoint {request.url.path}; the server has POST /predict, GET /health, GET /metadata",
+               405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    return JSONResponse({"error": {"code": "E813", "message": message}}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+def create_app(predictor, options: ServeOptions | None = None) -> Starlette:
+    """The ASGI app for a loaded predictor (`runtime.load`); run it with any ASGI server."""
+    service = Service(predictor, options or ServeOptions())
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        service.close()
+
+    app = Starlette(routes=[Route("/predict", service.predict, methods=["POST"]),
+                            Route("/health", service.health, methods=["GET"]),
+                            Route("/metadata", service.describe, methods=["GET"])],
+                    exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
+    app.state.service = service
+    return app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or a coded error (port taken, unknown host) instead of uvicorn's exit."""
+    sock = None
+    try:
+        if not 0 <= port <= 65535:  # getaddrinfo would wrap 70000 to 4464
+            raise OverflowError(f"port must be 0-65535, got {port}")
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)  # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (with proto 0 it does not: 40 ms Nagle)
+        sock.bind(address)
+        sock.listen(1024)
+    except (OSError, OverflowError) as exc:
+        if sock is not None:
+            sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}",
+                         code="E814", hint="choose another --port or --host") from None
+    return sock
+
+
+def server(app, log_level: str = "info") -> uvicorn.Server:
+    """A uvicorn server for `app`; run it with .run(sockets=[bind(host, port)])."""
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,
+                                         access_log=log_level == "debug"))
+
+
+def _import_tvm_runtime_only() -> None:
+    """Import TVM as a server needs it: the 3 MB runtime library, not the 250 MB compiler, and without
+    torch, which tvm_ffi imports at import time when it is installed (a workaround for a Windows symbol
+    clash; here it costs ~190 MB of RSS and seconds of start-up). Later imports of torch still work."""
+    if "tvm" in sys.modules or "tvm_ffi" in sys.modules:
+        return
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tvm_ffi tolerates
+    try:
+        import tvm  # noqa: F401
+    finally:
+        if blocked:
+            del sys.modules["torch"]
+
+
+def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, options: ServeOptions | None = None,
+          log=print, log_level: str = "info") -> None:
+    """Load the artifact (hashes and CPU checked), listen, and serve until SIGINT/SIGTERM."""
+    _import_tvm_runtime_only()
+    predictor = runtime.load(path)
+    app = create_app(predictor, options)
+    sock = bind(host, port)
+    address = sock.getsockname()
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL is bracketed
+    log(f"serving {predictor.manifest.get('name')} from {path} on http://{shown}:{address[1]} "
+        "(POST /predict, GET /health, GET /metadata)")
+    try:
+        server(app, log_level).run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C after uvicorn's graceful shutdown: a normal stop
+        pass
+    finally:
+        sock.close()
