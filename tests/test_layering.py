@@ -27,7 +27,7 @@ def imported_by(*modules: str) -> set[str]:
     return set(json.loads(done.stdout))
 
 
-@pytest.mark.parametrize("module", ["accelc.runtime", "accelc.artifact", "accelc.errors", "accelc.host", "accelc"])
+@pytest.mark.parametrize("module", ["accelc.runtime", "accelc.artifact", "accelc.errors", "accelc.host", "accelc.serve", "accelc"])
 def test_runtime_side_imports_nothing_from_the_compiler_side(module):
     loaded = imported_by(module)
     assert module in loaded

@@ -91,6 +91,9 @@ def compile_module(lowered: Lowered, target, database=None, cuda_archs=()):
     """Run the target pipeline and codegen; failures name the ops involved. CUDA device code is
     compiled ahead of time by nvcc for `cuda_archs` and embedded (backends/tvm/cuda.py)."""
     device_code = contextlib.nullcontext()
+    if target.kind.name == "llvm":
+        from .vector_math import install
+        install()  # vectorisable log/exp instead of one libm call per lane
     if target.kind.name == "cuda":
         from . import cuda
         device_code = cuda.ahead_of_time(list(cuda_archs) or [str(target.attrs["arch"])])
