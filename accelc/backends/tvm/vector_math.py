@@ -26,13 +26,14 @@ _EXP_HI, _EXP_LO = 88.72283935546875, -104.0  # exp overflows above / rounds to 
 _installed = False
 
 
-def _types(op) -> tuple[str, str] | None:
-    """(float dtype, matching int32 dtype) with the call's lanes, or None if not float32."""
-    dtype = str(op.ty.dtype)
-    if not dtype.startswith("float32"):
+def _types(op) -> tuple | None:
+    """(float dtype, int32 dtype, float constant, int constant) with the call's lanes, or None
+    when the call is not float32."""
+    f = str(op.ty.dtype)
+    if not f.startswith("float32"):
         return None
-    lanes = dtype[len("float32"):]  # '' or 'x8'
-    return dtype, "int32" + lanes
+    i = "int32" + f[len("float32"):]  # lanes: '' or 'x8'
+    return f, i, (lambda v: tirx.const(v, f)), (lambda v: tirx.const(v, i))
 
 
 def _horner(x, coefficients, const):
@@ -53,8 +54,7 @@ def fast_log(op, fallback):
     types = _types(op)
     if types is None:
         return fallback(op)
-    f, i = types
-    c, ci = (lambda v: tirx.const(v, f)), (lambda v: tirx.const(v, i))
+    f, i, c, ci = types
 
     def on(x0):
         tiny = x0 < c(_MIN_NORMAL)
@@ -83,8 +83,7 @@ def fast_exp(op, fallback):
     types = _types(op)
     if types is None:
         return fallback(op)
-    f, i = types
-    c, ci = (lambda v: tirx.const(v, f)), (lambda v: tirx.const(v, i))
+    f, i, c, ci = types
     power = lambda k: tirx.reinterpret(f, tirx.shift_left(tirx.Cast(i, k) + ci(127), ci(23)))  # noqa: E731
 
     def on(x0):
