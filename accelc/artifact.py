@@ -4,6 +4,10 @@ Imports neither torch nor TVM: production servers read artifacts with this modul
 """
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -12,6 +16,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import signing
 from .errors import ArtifactError
 
 MANIFEST = "manifest.json"
@@ -35,28 +40,58 @@ def is_artifact(path: Path) -> bool:
         return False
 
 
-@contextmanager
-def staging(dest: Path):
-    """Yield a temp directory beside `dest`; on success it replaces `dest` in one rename.
-
-    `dest` may only be replaced if it is an accelc artifact (or absent, or an empty directory):
-    we never delete what someone else owns. On failure the temp dir is removed and `dest` is untouched.
-    """
-    dest = Path(dest).resolve()
+def check_destination(dest: Path) -> None:
+    """`dest` may be written only if it is absent, an empty directory or an accelc artifact: we
+    never delete what someone else owns. Checked before a build starts and again, under the lock,
+    just before the swap."""
     if dest.exists() and not is_artifact(dest) and not _empty_dir(dest):
         raise ArtifactError(f"output {dest} exists and is not an accelc artifact; refusing to replace it",
                             code="E703", hint="choose another --output or remove it yourself")
+
+
+def preflight(dest: Path, key: str | bytes | None = None) -> None:
+    """What a build checks before its long work: the output may be replaced, the signing key is usable."""
+    check_destination(Path(dest).resolve())
+    signing.key_from(key)
+
+
+@contextmanager
+def staging(dest: Path):
+    """Yield a temp directory beside `dest`; on success it replaces `dest` in one atomic exchange.
+
+    Crash safety: `dest` always holds the previous complete artifact, the new one, or (only where the
+    file system cannot exchange directories, and only if killed between two renames) nothing.
+    Leftover temp directories of killed builds are swept by the next build. Concurrent builds to the
+    same `dest` each stage privately; the last to finish wins, whole. On failure `dest` is untouched.
+    """
+    dest = Path(dest).resolve()
+    check_destination(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        with _locked(dest.parent):  # a sweeper never sees our temp dir before we hold its claim
+            _sweep(dest)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_TMP}", dir=dest.parent))
+            claim = _claim(tmp)
     except OSError as exc:
         raise ArtifactError(f"cannot create the output {dest}: {exc.strerror or exc}", code="E703") from None
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; an artifact is meant to be shared
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an artifact is meant to be shared
         yield tmp
-        _replace(tmp, dest)
+        _fsync_tree(tmp)  # the data is on disk before the name points at it
+        with _locked(dest.parent):
+            check_destination(dest)  # someone may have put something there while we built
+            try:
+                _swap(tmp, dest)
+            except OSError as exc:
+                raise ArtifactError(f"cannot move the artifact into {dest}: {exc.strerror or exc}",
+                                    code="E703") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # after an exchange, tmp holds the previous artifact
+        os.close(claim)
+
+
+_TMP = ".tmp-"  # ".NAME.tmp-XXXX": a build's private staging directory, beside the output
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 
 def _empty_dir(path: Path) -> bool:
@@ -64,16 +99,80 @@ def _empty_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and next(path.iterdir(), None) is None
 
 
-def _replace(tmp: Path, dest: Path) -> None:
-    """Swap a finished directory into place; the old one is renamed away first, then deleted."""
+@contextmanager
+def _locked(folder: Path):
+    """An exclusive flock on the output's parent directory: serialises sweeps and swaps (never a
+    build's long work). The kernel drops it when the holder dies, so a killed build never wedges it."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _claim(folder: Path) -> int:
+    """Mark a staging directory as live: an exclusive flock held until the build ends (or dies)."""
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _sweep(dest: Path) -> None:
+    """Remove staging directories of builds that died (nobody holds their claim). Caller holds the lock."""
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}{_TMP}*"):
+        try:
+            fd = os.open(stale, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live build's
+        finally:
+            os.close(fd)  # (closing drops a claim we just took: we hold the parent lock meanwhile)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def _swap(tmp: Path, dest: Path) -> None:
+    """Put `tmp` at `dest`. An existing `dest` is exchanged with `tmp` in one step (Linux
+    renameat2), so there is no moment without an artifact; elsewhere the old one is renamed away
+    first. Caller holds the lock."""
     old = None
-    if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+    if dest.exists() and not _exchange(tmp, dest):
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_TMP}old-", dir=dest.parent))
         os.rename(dest, old / "a")
-    os.rename(tmp, dest)
+    if old is not None or not dest.exists():
+        os.rename(tmp, dest)
     _fsync_dir(dest.parent)
-    if old:
+    if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories; False where the OS or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not glibc >= 2.28 (macOS, musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -84,22 +183,35 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_manifest(folder: Path, manifest: dict) -> dict:
-    """Hash every file in `folder` into the manifest and write it."""
+def write_manifest(folder: Path, manifest: dict, key: str | bytes | None = None) -> dict:
+    """Hash every file in `folder` into the manifest and write it; signed when a key is given or
+    $ACCELC_SIGNING_KEY is set."""
     files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = {"format": FORMAT, **manifest, "files": files}
-    text = json.dumps(manifest, indent=2, sort_keys=False, default=str)
-    with open(folder / MANIFEST, "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
+    manifest.pop(signing.FIELD, None)
+    _write_json(folder / MANIFEST, _signed(manifest, signing.key_from(key)))
+    return manifest
+
+
+def _signed(manifest: dict, key: bytes | None) -> dict:
+    """The manifest as it will read back (JSON values only), signed when there is a key."""
+    manifest = json.loads(json.dumps(manifest, default=str))
+    return signing.sign(manifest, key) if key else manifest
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(data, indent=2) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    return manifest
 
 
 def read_manifest(folder: Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtifactError(f"no artifact at {folder}", code="E700")
+    if (folder / MANIFEST).is_symlink():  # its content could change behind a signature check
+        raise ArtifactError(f"{folder / MANIFEST} is a link, not a file", code="E701")
     try:
         manifest = json.loads((folder / MANIFEST).read_text("utf-8"))
     except FileNotFoundError:
@@ -117,6 +229,13 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
+def verified_manifest(folder: Path, key: str | bytes | None = None) -> dict:
+    """The manifest of an artifact whose signature (with a key) and files all check out."""
+    manifest = read_manifest(folder)
+    check_files(folder, manifest, key)
+    return manifest
+
+
 def require(manifest: dict, folder: Path, **fields: type) -> None:
     """Fail with a coded error, not a KeyError, when a manifest lacks a field a reader needs."""
     for name, kind in fields.items():
@@ -125,9 +244,13 @@ def require(manifest: dict, folder: Path, **fields: type) -> None:
                                 code="E701", hint="the artifact was edited or written by another tool; rebuild it")
 
 
-def check_files(folder: Path, manifest: dict) -> None:
-    """Every file present, unmodified, and nothing extra: before any native code is loaded."""
+def check_files(folder: Path, manifest: dict, key: str | bytes | None = None) -> None:
+    """The signature (when a key is given or $ACCELC_SIGNING_KEY is set), then every file present,
+    unmodified, and nothing extra: before any native code is loaded."""
     folder = Path(folder)
+    key = signing.key_from(key)
+    if key is not None:
+        signing.check(manifest, key, str(folder / MANIFEST))
     expected = manifest.get("files") or {}
     present = {p.name for p in folder.iterdir() if p.name != MANIFEST}
     problems = [f"missing file {name}" for name in sorted(set(expected) - present)]
@@ -136,6 +259,19 @@ def check_files(folder: Path, manifest: dict) -> None:
     if problems:
         raise ArtifactError(f"artifact {folder} failed its integrity check: " + "; ".join(problems), code="E702",
                             hint="rebuild it or copy it again; never edit an artifact by hand")
+
+
+def read_checked(folder: Path, manifest: dict, name: str) -> bytes:
+    """A file's bytes, hashed as they are read: what a loader uses is what was checked, even if the
+    file is replaced after `check_files` (a rebuild's swap, or someone racing the check)."""
+    try:
+        data = (Path(folder) / name).read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {Path(folder) / name}: {exc.strerror or exc}", code="E702") from None
+    if hashlib.sha256(data).hexdigest() != manifest["files"].get(name):
+        raise ArtifactError(f"artifact {folder}: {name} changed after its integrity check", code="E702",
+                            hint="it was replaced while loading (a rebuild?); load it again")
+    return data
 
 
 def _mismatch(path: Path, digest: str) -> str | None:
@@ -149,12 +285,19 @@ def _mismatch(path: Path, digest: str) -> str | None:
     return None if actual == digest else f"{path.name} does not match its sha256 (modified or truncated)"
 
 
-def update_manifest(folder: Path, **changes) -> dict:
-    """Rewrite manifest fields (e.g. a later verification) without touching hashed files."""
-    manifest = read_manifest(folder)
-    check_files(folder, manifest)
-    manifest.update(changes)
-    tmp = Path(folder) / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n", "utf-8")
-    os.replace(tmp, Path(folder) / MANIFEST)
+def update_manifest(folder: Path, key: str | bytes | None = None, **changes) -> dict:
+    """Rewrite manifest fields (e.g. a later verification) without touching hashed files; a signed
+    artifact is re-signed, which needs its key."""
+    folder, key = Path(folder).resolve(), signing.key_from(key)
+    read_manifest(folder)  # E700 before locking the parent of something that is not there
+    with _locked(folder.parent):  # not while a build swaps this directory
+        manifest = verified_manifest(folder, key)
+        if key is None and signing.FIELD in manifest:
+            raise ArtifactError(f"{folder / MANIFEST} is signed; updating it needs the signing key", code="E710",
+                                hint=f"set {signing.ENV}")
+        manifest.update(changes)
+        handle, tmp = tempfile.mkstemp(prefix=f".{folder.name}{_TMP}", dir=folder.parent)  # swept if we die
+        os.close(handle)
+        _write_json(Path(tmp), _signed(manifest, key))
+        os.replace(tmp, folder / MANIFEST)
     return manifest

@@ -15,8 +15,21 @@ from .errors import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_USER_ERROR, EXIT_VERIFY_F
 
 def _cmd_build(args) -> int:
     from .compile import build
-    result = build(args.recipe, target=args.target, output=args.output, log=_progress)
+    result = build(args.recipe, target=args.target, output=args.output, log=_progress, use_cache=not args.no_cache)
     return EXIT_OK if result.report["status"] != "failed" else EXIT_VERIFY_FAILED
+
+
+def _cmd_tune(args) -> int:
+    if args.merge:
+        from .backends.tvm import tune_db
+        from .errors import TuningError
+        if not args.output:
+            raise TuningError("--merge needs -o OUT, the database to merge into", code="E617")
+        tune_db.merge([Path(p) for p in args.merge], Path(args.output), log=_progress)
+        return EXIT_OK
+    from .compile import tune_recipe
+    tune_recipe(args.recipe, target=args.target, resume=args.resume, log=_progress)
+    return EXIT_OK
 
 
 def _cmd_validate(args) -> int:
@@ -125,9 +138,17 @@ def _manifest_rows(manifest: dict) -> list[tuple]:
             ("parameters", f"{len(manifest['params'])} tensors, {manifest['param_bytes']:,} bytes"),
             ("passes", ", ".join(p["kind"] for p in manifest["passes"]) or "none"),
             ("verification", manifest["verification"]["status"]),
+            ("tuning", _tuning_text(manifest.get("tuning") or {})),
             ("recipe sha256", manifest["recipe"]["sha256"][:16]),
             *((f"version {k}", v) for k, v in manifest["versions"].items()),
             *((f"file {k}", v[:16]) for k, v in manifest["files"].items())]
+
+
+def _tuning_text(tuning: dict) -> str:
+    if not tuning.get("tasks"):
+        return "untuned (default schedules)"
+    return (f"{tuning['tuned_tasks']}/{tuning['tasks']} kernels tuned, {tuning['defaulted_tasks']} on default "
+            f"schedules ({tuning['trials']} new trials)")
 
 
 def _table(header, rows) -> None:
@@ -163,7 +184,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("--target", help="target name or alias (overrides the recipe)")
     p.add_argument("--output", help="artifact directory (overrides the recipe)")
+    p.add_argument("--no-cache", action="store_true", help="build even if these inputs were built before")
     p.set_defaults(func=_cmd_build)
+    p = sub.add_parser("tune", help="tune a recipe's kernels into the tuning database (no artifact), or merge "
+                       "databases")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("recipe", nargs="?", help="recipe whose tuning budget to spend")
+    which.add_argument("--merge", nargs="+", metavar="DB", help="tuning databases to merge into -o OUT")
+    p.add_argument("-o", "--output", help="with --merge: the database to merge into (created if absent)")
+    p.add_argument("--target", help="target name or alias (overrides the recipe)")
+    p.add_argument("--resume", action="store_true", help="top kernels up to their budget (records already in the "
+                   "database count) instead of spending the whole budget again")
+    p.set_defaults(func=_cmd_tune)
     p = sub.add_parser("validate", help="check recipes without building")
     p.add_argument("recipes", nargs="+")
     p.add_argument("--target")

@@ -11,7 +11,8 @@ from typing import Callable
 import numpy as np
 
 from . import __version__, artifact, capture, data, metrics, recipe as recipe_mod, targets, verify
-from .errors import VerificationError
+from . import cache as build_cache
+from .errors import TuningError, VerificationError
 
 
 @dataclass
@@ -42,8 +43,10 @@ class Progress:
 
 
 def build(recipe_path, target: str | None = None, output: str | Path | None = None,
-          log: Callable[[str], None] = print) -> BuildResult:
-    """Recipe -> verified artifact directory. Raises a coded AccelcError for user mistakes."""
+          log: Callable[[str], None] = print, use_cache: bool = False) -> BuildResult:
+    """Recipe -> verified artifact directory. Raises a coded AccelcError for user mistakes.
+    With `use_cache` (the CLI's default), inputs built and verified before give the cached artifact
+    without any work (cache.py)."""
     stage = Progress(log, 6)
     stage("loading recipe and target")
     loaded = recipe_mod.load(recipe_path)
@@ -54,38 +57,33 @@ def build(recipe_path, target: str | None = None, output: str | Path | None = No
     spec.check_toolchain()
     out = Path(output) if output else loaded.resolve(recipe.output.format(name=recipe.name, target=spec.name),
                                                           "output")
+    keys = [build_cache.key(loaded, spec)] if use_cache else []
+    cached = build_cache.fetch(keys, out, loaded, log) if keys else None
+    if cached is not None:
+        stage.done()
+        log(verify.format_report(cached["verification"]))
+        log(f"artifact: {out} (verified, from the build cache)")
+        return BuildResult(out, cached, cached["verification"], stage.timings)
+    if recipe.tuning.enabled:
+        _check_tuning(loaded, spec)
     validation = data.validation_data(loaded) if recipe.verify.metric else None  # bad data fails before work
+    artifact.preflight(out)  # a foreign --output or a bad signing key fails now, not after compiling
 
     from .backends.tvm import lower  # the compiler side: imported only when building
-    from .passes import PassContext, run_passes
 
-    stage("capturing the model with torch.export")
-    captured = capture.capture(loaded)
-    stage(f"running {len(recipe.passes)} pass(es)")
-    graph, pass_reports = run_passes(captured.graph, list(recipe.passes),
-                                     PassContext(captured.example_inputs, loaded, log))
-    stage(f"lowering to Relax and compiling for {spec.name}")
-    tvm_target = spec.tvm_target()
-    try:
-        programs = lower.export_programs(graph, recipe.model.inputs, recipe.model.batch)
-    except Exception as exc:  # the captured graph exported once; failing now means a pass broke it
-        exc.add_note(f"re-exporting the rewritten graph failed after passes: "
-                     f"{', '.join(r['kind'] for r in pass_reports) or 'none'}")
-        raise
-    lowered = lower.to_relax(programs, tvm_target)
-    tuning, database = {"trials": 0}, None
-    if recipe.tuning.trials:
-        from .backends.tvm import tune
-        tvm_target = tune.tuning_target(tvm_target, recipe.tuning.threads)
-        tuning, database = tune.tune(lowered.mod, tvm_target, loaded.resolve(recipe.tuning.database, "tuning", "database"),
-                                     recipe.tuning.trials, log)
+    captured, graph, pass_reports, programs, lowered = _lower(loaded, spec, stage, log, "and compiling ")
+    tvm_target, tuning, database = spec.tvm_target(), {"trials": 0}, None
+    if recipe.tuning.enabled:  # only kernels without records are tuned: a rebuild never pays twice
+        tvm_target, tuning, database = _tune(loaded, spec, lowered, log, mode="missing")
+        keys = list(dict.fromkeys([*keys, build_cache.key(loaded, spec)])) if keys else keys  # + new records
     executable = lower.compile_module(lowered, tvm_target, database, spec.cuda_archs)
     stage("writing the artifact")
     with artifact.staging(out) as tmp:
         device_code = lower.export_library(executable, tmp / artifact.LIBRARY, spec)  # CUDA: what is embedded
         lower.save_params(lowered.params, tmp / artifact.PARAMS)
         manifest = {**_manifest(loaded, spec, captured, programs, lowered, pass_reports), "tuning": tuning,
-                    **({"device_code": device_code} if device_code else {})}
+                    **({"device_code": device_code} if device_code else {}),
+                    **({"cache": {"keys": keys}} if keys else {})}
         if device_code:
             log(f"device code: {device_code['format']} with machine code for {', '.join(device_code['sass'])} "
                 f"(+ PTX {', '.join(device_code['ptx'])}), nvcc {device_code['cuda']}; no CUDA source embedded")
@@ -100,8 +98,70 @@ def build(recipe_path, target: str | None = None, output: str | Path | None = No
         if report["status"] == "failed":
             raise VerificationError(f"{_failure(report)}; nothing was written to {out}", code="E600")
     stage.done()
+    if keys and manifest["verified"]:  # an unverified build (no emulator yet) is not worth keeping
+        build_cache.store(keys, out, loaded, log)
     log(f"artifact: {out} ({'verified' if manifest['verified'] else 'NOT verified'})")
     return BuildResult(out, manifest, report, stage.timings)
+
+
+def _lower(loaded, spec, stage, log, also: str = ""):
+    """Capture, passes and Relax: what a build and `accelc tune` share, so both see the same kernels."""
+    from .backends.tvm import lower
+    from .passes import PassContext, run_passes
+    recipe = loaded.recipe
+    stage("capturing the model with torch.export")
+    captured = capture.capture(loaded)
+    stage(f"running {len(recipe.passes)} pass(es)")
+    graph, pass_reports = run_passes(captured.graph, list(recipe.passes),
+                                     PassContext(captured.example_inputs, loaded, log))
+    stage(f"lowering to Relax {also}for {spec.name}")
+    try:
+        programs = lower.export_programs(graph, recipe.model.inputs, recipe.model.batch)
+    except Exception as exc:  # the captured graph exported once; failing now means a pass broke it
+        exc.add_note(f"re-exporting the rewritten graph failed after passes: "
+                     f"{', '.join(r['kind'] for r in pass_reports) or 'none'}")
+        raise
+    return captured, graph, pass_reports, programs, lower.to_relax(programs, spec.tvm_target())
+
+
+def _check_tuning(loaded, spec) -> None:
+    """Checked before any work: an unwritable database or an unreachable RPC farm fails now."""
+    from .backends.tvm import tune, tune_db
+    section = loaded.recipe.tuning
+    tune.tuning_target(spec.tvm_target(), section.threads, loaded.where("tuning"))  # CPU targets only
+    tune_db.check_root(loaded.resolve(section.database, "tuning", "database"), loaded.where("tuning", "database"))
+    tune.check_runner(section, spec.runs_here(), loaded.where)
+
+
+def _tune(loaded, spec, lowered, log, mode: str):
+    """(tuning target, summary, database): the build compiles for the target the records are for."""
+    from .backends.tvm import tune
+    section = loaded.recipe.tuning
+    target = tune.tuning_target(spec.tvm_target(), section.threads, loaded.where("tuning"))
+    summary, database = tune.tune(lowered.mod, target, loaded.resolve(section.database, "tuning", "database"),
+                                  section, mode=mode, runs_here=spec.runs_here(), where=loaded.where, log=log)
+    log(tune.format_summary(summary))
+    return target, summary, database
+
+
+def tune_recipe(recipe_path, target: str | None = None, resume: bool = False,
+                log: Callable[[str], None] = print) -> dict:
+    """`accelc tune`: the kernels a build of the recipe would compile, tuned into the database;
+    no artifact. `resume` tops kernels up to their budget instead of spending it all again."""
+    stage = Progress(log, 4)
+    stage("loading recipe and target")
+    loaded = recipe_mod.load(recipe_path)
+    spec = targets.resolve(target or loaded.recipe.target, loaded.root,
+                           None if target else loaded.where("target"))
+    targets.check_compatible(spec, loaded.recipe, loaded.where)
+    if not loaded.recipe.tuning.enabled:
+        raise TuningError("the recipe sets no tuning budget", code="E616", location=loaded.where("tuning"),
+                          field="tuning", hint="set tuning.trials, tuning.per_task or tuning.time_budget")
+    _check_tuning(loaded, spec)
+    lowered = _lower(loaded, spec, stage, log, "and tuning ")[-1]
+    summary = _tune(loaded, spec, lowered, log, "resume" if resume else "fresh")[1]
+    stage.done()
+    return summary
 
 
 def _failure(report: dict) -> str:

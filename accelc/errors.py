@@ -90,6 +90,11 @@ class ToolchainError(AccelcError):
     default_code = "E500"
 
 
+class TuningError(AccelcError):
+    """Tuning cannot run: no device to measure on, an unreachable RPC tracker, a foreign database."""
+    default_code = "E610"
+
+
 class VerificationError(AccelcError):
     """The compiled module does not match the original model within budget."""
     default_code = "E600"

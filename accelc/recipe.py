@@ -146,11 +146,66 @@ class DataSection(Strict):
         return self
 
 
+class RpcRunner(Strict):
+    tracker: str = Field(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$",
+                         description="HOST:PORT of the TVM RPC tracker the devices registered with.")
+    key: str = Field(pattern=r"^[\w.-]+$", description="Device key the RPC servers registered with (--key).")
+    parallel: StrictInt = Field(1, ge=1, le=1024, description="Candidates measured at once (about the number of "
+                                "devices).")
+    timeout: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False, description="Seconds to reach the tracker and "
+                           "for each measurement session.")
+
+    @field_validator("tracker")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        if not 1 <= int(value.rpartition(":")[2]) <= 65535:
+            raise ValueError(f"port of '{value}' is outside [1, 65535]")
+        return value
+
+
+class RunnerSection(Strict):
+    rpc: RpcRunner | None = Field(None, description="Measure on remote devices through a TVM RPC tracker.")
+
+
+def _runner_schema(schema: dict) -> None:
+    """`runner: local` is read as {} (a before-validator); say so in the JSON Schema editors use."""
+    field = schema["properties"]["runner"]
+    schema["properties"]["runner"] = {"anyOf": [{"const": "local"}, {"$ref": field.pop("$ref")}], **field}
+
+
 class TuningSection(Strict):
-    trials: StrictInt = Field(0, ge=0, le=1_000_000, description="MetaSchedule trials in all; 0 builds untuned.")
-    database: str = Field(".accelc/tuning", description="Tuning database directory, relative to the repository.")
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_runner_schema)
+    trials: StrictInt | None = Field(None, ge=0, le=1_000_000, description="Measured candidates in all; 0 or unset "
+                                     "builds untuned unless per_task or time_budget is set.")
+    per_task: StrictInt | None = Field(None, ge=1, le=1_000_000, description="Most measured candidates per kernel.")
+    time_budget: float | None = Field(None, gt=0, le=7 * 24 * 3600, allow_inf_nan=False, description="Seconds of "
+                                      "tuning: no batch of candidates starts after them (the first always runs); "
+                                      "the best found so far is kept.")
+    database: str = Field(".accelc/tuning", description="Tuning database directory, relative to the repository; "
+                          "one per project, shared by its recipes (records are kept per target).")
     threads: int = Field(default_factory=lambda: _physical_cores(), ge=1, le=1024,
                          description="Threads the tuned module is scheduled for (default: this machine's cores).")
+    runner: RunnerSection = Field(default_factory=RunnerSection, description="Where candidates are measured: "
+                                  "'local' (this machine) or {rpc: {tracker: HOST:PORT, key: KEY, parallel: N}}.")
+
+    @field_validator("runner", mode="before")
+    @classmethod
+    def _local(cls, value):
+        if isinstance(value, str):
+            if value != "local":
+                raise ValueError(f"runner is 'local' or {{rpc: {{tracker: HOST:PORT, key: KEY}}}}, got '{value:.40}'")
+            return {}
+        return value
+
+    @model_validator(mode="after")
+    def _untuned(self):
+        if self.trials == 0 and (self.per_task or self.time_budget):
+            raise located_error("trials: 0 builds untuned, but per_task/time_budget ask for tuning", "trials")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.trials or self.per_task or self.time_budget)
 
 
 def _physical_cores() -> int:

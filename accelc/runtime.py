@@ -6,7 +6,9 @@ Set TVM_USE_RUNTIME_LIB=1 before the first `import tvm` to load only libtvm_runt
 from __future__ import annotations
 
 import math
+import os
 import re
+import tempfile
 import threading
 from pathlib import Path
 
@@ -37,12 +39,14 @@ class Predictor:
     buffer. Outputs are returned zero-copy (each call gets fresh arrays).
     """
 
-    def __init__(self, path: str | Path, check_host: bool = True, batching: str = "pad"):
+    def __init__(self, path: str | Path, check_host: bool = True, batching: str = "pad",
+                 key: str | bytes | None = None, reject_nonfinite: bool = False):
         import tvm
         import tvm_ffi
 
         self.path = Path(path)
-        self.manifest = _checked_manifest(self.path)  # hashes checked before any native code is loaded
+        self.manifest = _checked_manifest(self.path, key)  # signature and hashes checked before native code
+        self.reject_nonfinite = reject_nonfinite
         self.inputs = self.manifest["inputs"]
         self.outputs = self.manifest["outputs"]
         if batching not in ("pad", "exact"):
@@ -68,8 +72,8 @@ class Predictor:
             if check_host:
                 check_gpu_arch(self.device, self.manifest.get("device_code") or {})
         try:
-            self._library = tvm.runtime.load_module(str(self.path / artifact.LIBRARY))
-            params = tvm.runtime.load_param_dict_from_file(str(self.path / artifact.PARAMS))
+            self._library = _load_library(artifact.read_checked(self.path, self.manifest, artifact.LIBRARY))
+            params = tvm.runtime.load_param_dict(artifact.read_checked(self.path, self.manifest, artifact.PARAMS))
             ordered = [tvm.runtime.tensor(params[name].numpy(), self.device) for name in self.manifest["params"]]
             vm = self._thread_functions()
             self._params = list(self._local.vm["transform_params"](ordered)) if ordered else []
@@ -163,6 +167,9 @@ class Predictor:
     def predict(self, *args, **kwargs) -> list[np.ndarray]:
         """All outputs as a list of numpy arrays."""
         arrays = self._prepare(args, kwargs)
+        if self.reject_nonfinite:
+            for spec, array in zip(self.inputs, arrays):
+                check_finite(f"input '{spec['name']}'", array, "loaded with reject_nonfinite=True")
         functions = self._thread_functions()
         if not self.sizes:
             return self._run(functions[None], [self._device_tensor(i, a) for i, a in enumerate(arrays)])
@@ -258,9 +265,37 @@ def check_gpu_arch(device, code: dict) -> None:
                         hint="rebuild it for a target whose cuda_archs include this GPU")
 
 
-def _checked_manifest(folder: Path) -> dict:
-    """The manifest, with the fields the predictor reads present and every file's hash checked."""
-    manifest = artifact.read_manifest(folder)
+def _load_library(data: bytes):
+    """dlopen exactly the bytes that were hash-checked, from a private copy (in memory where Linux
+    allows, so a noexec /tmp does not matter). TVM picks its loader by the name's extension, hence
+    a `lib.so` link to the memfd."""
+    import tvm_ffi
+    with tempfile.TemporaryDirectory(prefix="accelc-lib-") as private:
+        path = Path(private) / artifact.LIBRARY
+        if not (hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")):
+            path.write_bytes(data)
+            return tvm_ffi.load_module(str(path))
+        fd = os.memfd_create(artifact.LIBRARY)
+        try:
+            with open(fd, "wb", closefd=False) as handle:
+                handle.write(data)
+            path.symlink_to(f"/proc/self/fd/{fd}")
+            return tvm_ffi.load_module(str(path))
+        finally:
+            os.close(fd)  # the mapping keeps the memory
+
+
+def check_finite(where: str, array: np.ndarray, why: str) -> None:
+    """Refuse NaN and infinities in a float array (E806), naming the first one."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(np.flatnonzero(~np.isfinite(array))[0])
+        raise InputError(f"{where}: non-finite value {array.flat[bad]} at flat index {bad}; {why}", code="E806")
+
+
+def _checked_manifest(folder: Path, key: str | bytes | None = None) -> dict:
+    """The manifest, signature (with a key) and every file's hash checked, and the fields the
+    predictor reads present."""
+    manifest = artifact.verified_manifest(folder, key)
     artifact.require(manifest, folder, inputs=list, outputs=list, target=dict, params=list, functions=dict)
     target = manifest["target"]
     if not all(isinstance(target.get(key), str) for key in ("name", "device", "arch")) or not all(
@@ -269,14 +304,16 @@ def _checked_manifest(folder: Path) -> dict:
     missing = [name for name in (artifact.LIBRARY, artifact.PARAMS) if name not in manifest["files"]]
     if missing:
         raise ArtifactError(f"{folder / artifact.MANIFEST} does not list {missing}", code="E701")
-    artifact.check_files(folder, manifest)
     return manifest
 
 
-def load(path: str | Path, check_host: bool = True, batching: str = "pad") -> Predictor:
+def load(path: str | Path, check_host: bool = True, batching: str = "pad", key: str | bytes | None = None,
+         reject_nonfinite: bool = False) -> Predictor:
     """Load an artifact directory, checking file hashes and that it can run on this machine.
 
     batching='pad' serves any batch size by padding to the next built size (and splitting above
-    the largest); batching='exact' refuses sizes that were not built.
+    the largest); batching='exact' refuses sizes that were not built. With a signing `key` (or
+    $ACCELC_SIGNING_KEY set) unsigned or badly signed artifacts are refused (E711, E712).
+    reject_nonfinite=True refuses NaN and infinities in float inputs (E806).
     """
-    return Predictor(path, check_host=check_host, batching=batching)
+    return Predictor(path, check_host=check_host, batching=batching, key=key, reject_nonfinite=reject_nonfinite)

@@ -147,10 +147,8 @@ class Decoder:
         out = runtime.aligned_empty(array.shape, dtype)  # aligned: the predictor takes it without a copy
         with np.errstate(over="ignore", invalid="ignore"):  # 1e39 -> inf in float32, checked below
             np.copyto(out, array, casting="unsafe")
-        if self.reject_nonfinite and dtype.kind == "f" and not np.isfinite(out).all():
-            bad = int(np.flatnonzero(~np.isfinite(out))[0])
-            raise InputError(f"{where}: non-finite value {out.flat[bad]} at flat index {bad}; this server rejects "
-                             "NaN and infinities (--reject-nonfinite)", code="E806")
+        if self.reject_nonfinite:
+            runtime.check_finite(where, out, "this server rejects NaN and infinities (--reject-nonfinite)")
         return out
 
 

@@ -1,68 +1,154 @@
 """Untuned vs tuned accelc builds against PyTorch eager, torch.compile and ONNX Runtime.
 
-    python benchmarks/tuning.py [--trials 64] [--threads 1]
+    python benchmarks/tuning.py [--trials 256] [--time-budget 300] [--rounds 3] [--calls 1000]
+                                [--workloads edu_churn,resnet_small] [--keep-database]
 
-Builds the 32->128->64->1 MLP (examples/mlp) at batch 1, 256, 4096 and the ResNet-style CNN
-(examples/resnet_small) at batch 1, untuned and tuned with the given trial budget (one shared
-database under benchmarks/out/tuning), then times every system on the same inputs.
+For each workload (the repository's recipes: the edu_churn model with its trained weights at batch
+1, 256 and 4096, the ResNet-style CNN at batch 1) it builds untuned and tuned artifacts (a fresh
+database under benchmarks/out/tuning unless --keep-database), then times every system on the same
+inputs, one thread, in `--rounds` interleaved rounds (median of the rounds' p50 and p99), with
+GFLOP/s against the FMA bound. Finally it times `accelc build` twice more from the command line:
+once with no cache entry yet (it tunes only kernels still without records, then compiles), once
+hitting the build cache.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
-
-WORKLOADS = [  # (name, entrypoint, input shape after batch, batch sizes)
-    ("mlp", "examples.mlp.model:build_model", [32], [1, 256, 4096]),
-    ("resnet_small", "examples.resnet_small.model:build_model", [3, 32, 32], [1]),
-]
-
-
-def recipe_text(name, entrypoint, shape, sizes, trials, threads) -> str:
-    return (f"version: 1\nname: bench_{name}\nmodel:\n  entrypoint: {entrypoint}\n  inputs:\n"
-            f"    - {{name: x, shape: [batch, {', '.join(map(str, shape))}], dtype: float32}}\n"
-            f"  batch: {sizes}\ntuning: {{trials: {trials}, threads: {threads}, database: benchmarks/out/tuning}}\n"
-            f"verify: {{samples: 2}}\n")
+DATABASE = "benchmarks/out/tuning"
+WORKLOADS = {  # name -> (recipe in recipes/, batch sizes to build and time)
+    "edu_churn": ("edu_churn", [1, 256, 4096]),
+    "resnet_small": ("resnet_small", [1]),
+}
 
 
-def build(name, entrypoint, shape, sizes, trials, threads) -> tuple[Path, float]:
+def write_recipe(workload: str, sizes: list[int], tuning: dict | None) -> Path:
+    """The repository recipe at these batch sizes, with or without a tuning budget."""
+    data = yaml.safe_load((ROOT / "recipes" / f"{WORKLOADS[workload][0]}.yaml").read_text())
+    data["name"] = f"bench_{workload}_{'tuned' if tuning else 'untuned'}"
+    data["model"]["batch"] = sizes
+    data["verify"] = {**data.get("verify", {}), "samples": 1}
+    data.pop("tuning", None)
+    if tuning:
+        data["tuning"] = tuning
+    path = OUT / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def build(path: Path, output: Path):
     from accelc.compile import build as accelc_build
-    OUT.mkdir(parents=True, exist_ok=True)
-    recipe = ROOT / "benchmarks" / "out" / f"{name}-{trials}.yaml"
-    recipe.write_text(recipe_text(name, entrypoint, shape, sizes, trials, threads))
     start = time.perf_counter()
-    result = accelc_build(recipe, output=OUT / f"{name}-trials{trials}", log=lambda *_: None)
-    return result.output, time.perf_counter() - start
+    result = accelc_build(path, output=output, log=lambda *_: None, use_cache=False)
+    return result, time.perf_counter() - start
+
+
+def cli_build(path: Path, output: Path) -> tuple[float, str]:
+    """`accelc build` in a fresh process, as a user runs it (imports included)."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "accelc", "build", str(path), "--output", str(output)],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    return time.perf_counter() - start, done.stdout
+
+
+def inputs_for(loaded, batch: int) -> list:
+    """The recipe's own sample rows when it has them (edu_churn: raw rows with NaNs), else random."""
+    import numpy as np
+
+    from accelc import capture
+    source = loaded.recipe.data.samples
+    if source:
+        arrays = capture.import_entrypoint(source, loaded.root, "benchmark", field="data.samples")(batch, batch)
+        return [np.ascontiguousarray(a, dtype=np.float32) for a in (arrays if isinstance(arrays, (list, tuple))
+                                                                    else [arrays])]
+    return list(capture.random_inputs(loaded.recipe.model.inputs, batch, seed=batch))
+
+
+def interleaved(model, inputs, systems: dict, threads: int, calls: int, rounds: int) -> list[dict]:
+    """bench.compare `rounds` times, every system once per round; median p50/p99 per system."""
+    from accelc import bench
+    runs = [bench.compare(model, inputs, systems, threads, calls, peers=False) for _ in range(rounds)]
+    rows = []
+    for i, row in enumerate(runs[0]):
+        if "note" in row:
+            rows.append(row)
+            continue
+        p50 = statistics.median(run[i]["p50_us"] for run in runs)
+        scale = row["p50_us"] / p50  # GFLOP/s and % of the bound follow the median p50
+        rows.append({**row, "p50_us": p50, "p99_us": statistics.median(run[i]["p99_us"] for run in runs),
+                     "gflops": row["gflops"] * scale, "bound_pct": row["bound_pct"] * scale})
+    return rows
+
+
+def tuning_line(tuning: dict) -> str:
+    return (f"{tuning['trials']} trials in {tuning['seconds']:.0f} s, {tuning['tuned_tasks']}/{tuning['tasks']} "
+            f"kernels tuned, stopped by {tuning['stopped_by']}")
+
+
+def bench_workload(name: str, args) -> None:
+    from accelc import bench, capture, recipe as recipe_mod, runtime
+    sizes = WORKLOADS[name][1]
+    untuned_recipe = write_recipe(name, sizes, None)
+    tuned_recipe = write_recipe(name, sizes, {"trials": args.trials, "time_budget": args.time_budget,
+                                              "threads": args.threads, "database": DATABASE})
+    untuned, t_untuned = build(untuned_recipe, OUT / f"{name}-untuned")
+    tuned, t_tuned = build(tuned_recipe, OUT / f"{name}-tuned")
+    tuning = tuned.manifest["tuning"]
+    print(f"\n== {name}: untuned build {t_untuned:.0f} s; tuned build {t_tuned:.0f} s ({tuning_line(tuning)})")
+    from accelc.backends.tvm.tune import format_summary
+    print(format_summary(tuning))
+    loaded = recipe_mod.load(untuned_recipe)
+    model = capture.build_model(loaded).eval()
+    p_untuned, p_tuned = (runtime.load(r.output, batching="exact") for r in (untuned, tuned))
+    for batch in sizes:
+        inputs = inputs_for(loaded, batch)
+        systems = {"accelc untuned": lambda: p_untuned(*inputs), "accelc tuned": lambda: p_tuned(*inputs),
+                   **bench.peer_callables(model, inputs, args.threads)}
+        rows = interleaved(model, inputs, systems, args.threads, args.calls, args.rounds)
+        print(bench.format_rows(rows, f"\n{name} batch {batch}, {args.threads} thread(s), numpy in/out, median of "
+                                      f"{args.rounds} interleaved rounds; FMA bound "
+                                      f"{bench.fma_bound_gflops(args.threads):.0f} GFLOP/s"))
+        peers = [r["p50_us"] for r in rows if "p50_us" in r and not r["system"].startswith("accelc")]
+        tuned_p50 = next(r["p50_us"] for r in rows if r["system"] == "accelc tuned")
+        if peers:
+            print(f"  tuned / best peer: {tuned_p50 / min(peers):.2f}x")
+    rebuild, out = cli_build(tuned_recipe, OUT / f"{name}-rebuilt")
+    tuned_line = next((line.strip() for line in out.splitlines() if "kernels tuned" in line), "")
+    cached, out = cli_build(tuned_recipe, OUT / f"{name}-cached")
+    hit = "build cache: reused" in out
+    print(f"  accelc build again (CLI, fresh process, no cache entry yet; tunes only kernels still without "
+          f"records): {rebuild:.1f} s [{tuned_line}]\n"
+          f"  cached rebuild (CLI, fresh process): {cached:.1f} s ({'cache hit' if hit else 'CACHE MISS'})")
+    sys.stdout.flush()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trials", type=int, default=64)
+    parser.add_argument("--trials", type=int, default=256, help="trial budget per workload")
+    parser.add_argument("--time-budget", type=float, default=300, help="tuning seconds per workload")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--calls", type=int, default=1000, help="timed calls per system, batch and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (the machine is noisy)")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--keep-database", action="store_true", help="resume from earlier records")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    import numpy as np
-    from accelc import bench, runtime
-    from accelc.capture import import_entrypoint
-    for name, entrypoint, shape, sizes in WORKLOADS:
-        untuned, t_untuned = build(name, entrypoint, shape, sizes, 0, args.threads)
-        tuned, t_tuned = build(name, entrypoint, shape, sizes, args.trials, args.threads)
-        model = import_entrypoint(entrypoint, ROOT, "benchmark")().eval()
-        p_untuned, p_tuned = runtime.load(untuned, batching="exact"), runtime.load(tuned, batching="exact")
-        for batch in sizes:
-            x = np.random.default_rng(batch).standard_normal((batch, *shape), dtype=np.float32)
-            rows = bench.compare(model, [x], {"accelc untuned": lambda: p_untuned(x),
-                                              f"accelc tuned ({args.trials} trials)": lambda: p_tuned(x)},
-                                 args.threads, args.calls)
-            print(bench.format_rows(rows, f"\n{name} batch {batch}, {args.threads} thread(s), numpy in/out "
-                                          f"(build: untuned {t_untuned:.0f} s, tuned {t_tuned:.0f} s)"))
-        sys.stdout.flush()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if not args.keep_database:  # the tuning time reported is the time it took from nothing
+        shutil.rmtree(ROOT / DATABASE, ignore_errors=True)
+    for name in args.workloads.split(","):
+        bench_workload(name, args)
 
 
 if __name__ == "__main__":

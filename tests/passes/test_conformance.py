@@ -21,10 +21,12 @@ EXAMPLES = {
     "fold_batchnorm": ({"kind": "fold_batchnorm"}, "close", True),
     "simplify": ({"kind": "simplify"}, "exact", True),
     "merge_linear": ({"kind": "merge_linear"}, "close", True),
+    "quantize": ({"kind": "quantize", "mode": "dynamic", "skip": ["*"]}, "exact", True),
 }
 # configs that do change the graph: they must still not mutate their input
 CHANGING = [{"kind": "prune", "method": "l2_structured", "amount": 0.5, "round_to": 2},
-            {"kind": "prune", "method": "magnitude", "amount": 0.5, "skip": ["head"]}]
+            {"kind": "prune", "method": "magnitude", "amount": 0.5, "skip": ["head"]},
+            {"kind": "quantize", "mode": "dynamic"}]
 MODELS = ("mlp", "cnn", "encoder")
 
 
@@ -81,7 +83,7 @@ def test_noop_config_identity_and_input_untouched(kind, name):
         assert not again[0]["changed"], f"{kind} is not idempotent on {name}"
 
 
-@pytest.mark.parametrize("data", CHANGING, ids=lambda d: d["method"])
+@pytest.mark.parametrize("data", CHANGING, ids=lambda d: d.get("method") or d["kind"])
 @pytest.mark.parametrize("name", MODELS)
 def test_changing_pass_leaves_its_input_alone(data, name):
     config = PASSES[data["kind"]].Config.model_validate(data)

@@ -64,6 +64,8 @@ def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
     Static functions are what MetaSchedule can tune and they run faster than a symbolic batch
     (benchmarks/batch_modes.py); weight transforms are shared by all of them.
     """
+    from .quant_lower import CONVERTERS, merge_function
+    custom_convert_map = {**CONVERTERS, **(custom_convert_map or {})}  # accelc's int8 ops, always known
     mod, params, first = tvm.IRModule(), None, None
     for batch, program in programs.items():
         check_supported(program, custom_convert_map or {})
@@ -78,10 +80,7 @@ def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
         if params is None:
             params, first = {n: t.numpy() for n, t in zip(names, detached.get("main", []))}, program
         name = function_name(batch)
-        mod[name] = main.with_attr("global_symbol", name)
-        for gvar, func in single.functions.items():  # helper functions, if any, keep their names
-            if gvar.name_hint != "main":
-                mod[gvar.name_hint] = func
+        mod = merge_function(mod, single, main.with_attr("global_symbol", name), name)  # + helper PrimFuncs
     with target:
         mod = tvm.transform.Sequential(prepare_passes(target))(mod)
     return Lowered(mod, params or {}, first)
