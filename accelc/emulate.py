@@ -30,7 +30,7 @@ SUITE = "bookworm"
 ARCHS = {"aarch64": ("arm64", ["manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"])}
 SETUP_COMMAND = "python -m accelc.emulate setup"
 PACKAGES = ("apache-tvm", "apache-tvm-ffi", "numpy", "ml_dtypes", "typing_extensions")
-RUNTIME_MODULES = ("__init__.py", "errors.py", "artifact.py", "host.py", "runtime.py", "emulate.py")
+RUNTIME_MODULES = ("__init__.py", "errors.py", "artifact.py", "signing.py", "host.py", "runtime.py", "emulate.py")
 MARKER = ".accelc-root.json"
 READY = b"accelc-emulated-runtime-ready\n"
 
