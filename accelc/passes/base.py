@@ -6,11 +6,12 @@ import copy
 import time
 import warnings
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import AccelcError, PassError, Problem
+from ..errors import AccelcError, PassError, Problem, did_you_mean
 from . import stats
 
 PASSES: dict[str, type["Pass"]] = {}
@@ -98,3 +99,17 @@ def fail(message: str, *, node=None, hint: str | None = None):
     """Raise a PassError naming the node and its source line."""
     from ..capture import node_location
     raise PassError(message, location=node_location(node) if node is not None else None, hint=hint)
+
+
+def glob_warnings(globs_by_field: dict[str, list[str]], names: list[str]) -> list[str]:
+    """One line per glob (of each named config field) that matches no Linear/Conv layer in
+    `names`, with a "did you mean" and the candidates: a typo must not silently do nothing."""
+    lines, names = [], list(dict.fromkeys(names))
+    shown = ", ".join(names[:12]) + (f" (+{len(names) - 12} more)" if len(names) > 12 else "")
+    for where, globs in globs_by_field.items():
+        for glob in globs:
+            if not any(fnmatch(name, glob) for name in names):
+                hint = did_you_mean(glob, names)
+                lines.append(f"{where} glob '{glob}' matches no Linear/Conv layer"
+                             f"{'; ' + hint if hint else ''}; layers: {shown or 'none'}")
+    return lines

@@ -14,9 +14,8 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field, model_validator
 
-from ..errors import did_you_mean
 from . import deps, stats
-from .base import Pass, PassConfig, PassContext, PassResult, register
+from .base import Pass, PassConfig, PassContext, PassResult, glob_warnings, register
 from .finetune import FinetuneConfig, finetune
 from .fold import attach, drop_unused, fetch
 
@@ -64,7 +63,8 @@ class Prune(Pass):
         cfg = self.config
         table = stats.shapes(gm, ctx.example_inputs)
         layers = [n for n in gm.graph.nodes if deps.is_layer(n)]
-        warnings = glob_warnings(cfg, [deps.layer_name(n) for n in layers])
+        warnings = glob_warnings({"skip": cfg.skip, "layers": list(cfg.layers)},
+                                 [deps.layer_name(n) for n in layers])
         before = stats.measure(gm, ctx.example_inputs, table)
         old_weights = {n: table[n.args[1]] for n in layers}
         if cfg.method == "magnitude":
@@ -105,19 +105,6 @@ def _log(ctx: PassContext, report: dict) -> None:
     tuned = report.get("finetune")
     if tuned and tuned["status"] == "skipped":
         ctx.log(f"  note: fine-tune skipped: {tuned['reason']}")
-
-
-def glob_warnings(cfg: PruneConfig, names: list[str]) -> list[str]:
-    """One line per skip/layers glob that matches no Linear/Conv, with the candidates."""
-    lines, names = [], list(dict.fromkeys(names))
-    for where, globs in (("skip", cfg.skip), ("layers", list(cfg.layers))):
-        for glob in globs:
-            if not any(fnmatch(name, glob) for name in names):
-                hint = did_you_mean(glob, names)
-                shown = ", ".join(names[:12]) + (f" (+{len(names) - 12} more)" if len(names) > 12 else "")
-                lines.append(f"{where} glob '{glob}' matches no Linear/Conv layer"
-                             f"{'; ' + hint if hint else ''}; layers: {shown or 'none'}")
-    return lines
 
 
 # ---- structured ----------------------------------------------------------------------------

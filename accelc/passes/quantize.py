@@ -18,9 +18,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..errors import PassError, did_you_mean
+from ..errors import PassError
 from . import quantize_fallback as fallback_mod, quantize_observe as observe_mod, quantize_rewrite as rewrite
-from .base import Pass, PassConfig, PassContext, PassResult, register
+from .base import Pass, PassConfig, PassContext, PassResult, glob_warnings, register
 from .fold import fetch
 
 ENTRYPOINT = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -103,7 +103,7 @@ class Quantize(Pass):
         index = _index(cfg, ctx.loaded)
         where = ctx.loaded.where("passes", index) if ctx.loaded is not None and index is not None else None
         found = rewrite.layers(gm, cfg.dtype)
-        notes = _skip_warnings(cfg.skip, [layer.name for layer in found])
+        notes = glob_warnings({"skip": cfg.skip}, [layer.name for layer in found])
         for layer in found:
             if layer.problem is None and any(fnmatch(layer.name, glob) for glob in cfg.skip):
                 layer.problem = "kept float32 by quantize.skip"
@@ -170,18 +170,6 @@ def _samples(cfg, ctx, index, where, required: bool) -> tuple[list[torch.Tensor]
         inputs, _ = data.validation_data(loaded)
         return [torch.from_numpy(a[:cfg.samples]) for a in inputs], "validation inputs"
     return list(ctx.example_inputs), "example inputs"
-
-
-def _skip_warnings(globs: list[str], names: list[str]) -> list[str]:
-    """One line per skip glob that matches no Linear/Conv, with the candidates."""
-    lines, names = [], list(dict.fromkeys(names))
-    for glob in globs:
-        if not any(fnmatch(name, glob) for name in names):
-            hint = did_you_mean(glob, names)
-            shown = ", ".join(names[:12]) + (f" (+{len(names) - 12} more)" if len(names) > 12 else "")
-            lines.append(f"skip glob '{glob}' matches no Linear/Conv layer{'; ' + hint if hint else ''}; "
-                         f"layers: {shown or 'none'}")
-    return lines
 
 
 def _bytes(gm) -> int:

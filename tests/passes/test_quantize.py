@@ -17,6 +17,7 @@ from accelc.passes import PassContext, run_passes
 from accelc.passes.quantize import Quantize, QuantizeConfig
 from accelc.passes.quantize_observe import observe
 from accelc.passes.quantize_ops import ops
+from tests.fixtures.helpers import make_repo
 
 try:
     from .passcheck import export_graph
@@ -67,8 +68,7 @@ data:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qrepo")
-    (root / "pyproject.toml").write_text("[project]\nname = 'q'\n")
+    root = make_repo(tmp_path_factory.mktemp("qrepo"))
     (root / "qdata.py").write_text(DATA)
     return root
 

@@ -13,6 +13,7 @@ from accelc.capture import import_entrypoint
 from accelc.errors import PassError
 from accelc.passes import PassContext
 from accelc.passes.quantize import Quantize
+from tests.fixtures.helpers import make_repo
 
 try:
     from .passcheck import export_graph
@@ -75,8 +76,7 @@ passes:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fbrepo")
-    (root / "pyproject.toml").write_text("[project]\nname = 'fb'\n")
+    root = make_repo(tmp_path_factory.mktemp("fbrepo"))
     (root / "fbdata.py").write_text(DATA)
     return root
 

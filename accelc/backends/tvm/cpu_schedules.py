@@ -25,10 +25,9 @@ class Matmul(CPUScheduleRule):
     """C[i, j] = sum_k A[i, k] * B[k, j], followed by elementwise blocks (bias, activation)."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        if (found := root_blocks(self, func, target)) is None:
             return None
-        sch = s_tir.Schedule(func)
-        blocks = sch.get_child_blocks(sch.get_sblock("root")) if _has_root(func) else []
+        sch, blocks = found
         names = [sch.get(b).name_hint for b in blocks]
         if not names or not names[0].endswith("matmul"):
             return None
@@ -74,10 +73,9 @@ class Elementwise(CPUScheduleRule):
     broadcast statistics turn into gathers that LLVM cannot vectorise (2x slower on edu_churn)."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target) or not _has_root(func):
+        if (found := root_blocks(self, func, target)) is None:
             return None
-        sch = s_tir.Schedule(func)
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        sch, blocks = found
         if not blocks or any(iv.iter_type != tirx.IterVar.DataPar
                              for b in blocks for iv in sch.get(b).iter_vars):
             return None
@@ -97,7 +95,7 @@ class Elementwise(CPUScheduleRule):
                 if concat or shape[-1] % lanes == 0:
                     _by_rows(sch, block, shape, lanes)
                 else:
-                    _flat(sch, block, shape, lanes)
+                    flat(sch, block, lanes)
         except Exception:  # a producer that cannot be inlined (e.g. read twice at other indices)
             return None
         return sch
@@ -119,26 +117,31 @@ def _by_rows(sch, block, shape: list[int], lanes: int) -> None:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
-def _flat(sch, block, shape: list[int], lanes: int) -> None:
-    """One flat loop in vector chunks: for same-shaped operands the flat index stays affine."""
+def flat(sch, block, lanes: int, parallel_min: int = PARALLEL_MIN) -> None:
+    """One flat loop in vector chunks, split across threads when large: for same-shaped
+    operands the flat index stays affine."""
     loops = sch.get_loops(block)
-    flat = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    total = math.prod(shape)
-    if total >= PARALLEL_MIN:
-        outer, flat = sch.split(flat, [None, 1 << 12])
+    if not loops:
+        return
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    total = int(sch.get(fused).extent)
+    if total >= parallel_min:
+        outer, fused = sch.split(fused, [None, 1 << 12])
         sch.parallel(outer)
     if total >= lanes:
-        _, inner = sch.split(flat, [None, lanes])
+        _, inner = sch.split(fused, [None, lanes])
         sch.vectorize(inner)
 
 
-def _has_root(func: tirx.PrimFunc) -> bool:
-    """Legalized kernels have one root block; hand-written ones may not (not ours to schedule)."""
+def root_blocks(rule: CPUScheduleRule, func, target: Target):
+    """(schedule, the root block's children) of a kernel `rule` may schedule, else None."""
+    if not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target):
+        return None
+    sch = s_tir.Schedule(func)
     try:
-        s_tir.Schedule(func).get_sblock("root")
-        return True
-    except Exception:
-        return False
+        return sch, sch.get_child_blocks(sch.get_sblock("root"))
+    except Exception:  # hand-written kernels may have no root block: not ours to schedule
+        return None
 
 
 def _lanes(target: Target) -> int:

@@ -10,11 +10,13 @@ accumulators) reads each packed weight vector once per 4 rows, as the fp32 sched
 from __future__ import annotations
 
 import tvm
-from tvm import s_tir, tirx
+from tvm import tirx
 from tvm.s_tir import TensorIntrin
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.script import tirx as T
 from tvm.target import Target
+
+from .cpu_schedules import flat, root_blocks
 
 INTRIN = "accelc_dot_8x4_u8i8i32_avx2"
 
@@ -69,13 +71,9 @@ class QGemm(CPUScheduleRule):
     it, `qgemm_u8` (full range) the same tiling with plain int32 arithmetic."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        if (found := root_blocks(self, func, target)) is None:
             return None
-        sch = s_tir.Schedule(func)
-        try:
-            blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        except Exception:
-            return None
+        sch, blocks = found
         name = sch.get(blocks[0]).name_hint if blocks else None
         if name == "qgemv":
             return _gemv(sch, blocks)
@@ -142,13 +140,9 @@ class Im2col(CPUScheduleRule):
     channels per tap as a vector."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        if (found := root_blocks(self, func, target)) is None:
             return None
-        sch = s_tir.Schedule(func)
-        try:
-            blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        except Exception:
-            return None
+        sch, blocks = found
         if not blocks or sch.get(blocks[-1]).name_hint != "im2col":
             return None
         copy = blocks[-1]
@@ -157,9 +151,9 @@ class Im2col(CPUScheduleRule):
             try:
                 sch.compute_inline(block)
             except Exception:  # read twice at other indices: stays a loop nest of its own
-                _flat(sch, block)
+                flat(sch, block, lanes=16, parallel_min=1 << 15)
         if len(blocks) > 1:
-            _flat(sch, blocks[-2])
+            flat(sch, blocks[-2], lanes=16, parallel_min=1 << 15)
         rows, taps = sch.get_loops(copy)
         total = int(sch.get(rows).extent) * int(sch.get(taps).extent)
         _, channels = sch.split(taps, [None, group])
@@ -167,18 +161,3 @@ class Im2col(CPUScheduleRule):
         if total >= 1 << 15:
             sch.parallel(rows)
         return sch
-
-
-def _flat(sch, block) -> None:
-    """An elementwise loop nest as one loop: vectorised, split across threads when large."""
-    loops = sch.get_loops(block)
-    if not loops:
-        return
-    flat = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    total = int(sch.get(flat).extent)
-    if total >= 1 << 15:
-        outer, flat = sch.split(flat, [None, 1 << 12])
-        sch.parallel(outer)
-    if total >= 16:
-        _, inner = sch.split(flat, [None, 16])
-        sch.vectorize(inner)
