@@ -48,12 +48,8 @@ def build(recipe_path, target: str | None = None, output: str | Path | None = No
     With `use_cache` (the CLI's default), inputs built and verified before give the cached artifact
     without any work (cache.py)."""
     stage = Progress(log, 6)
-    stage("loading recipe and target")
-    loaded = recipe_mod.load(recipe_path)
+    loaded, spec = _load(recipe_path, target, stage)
     recipe = loaded.recipe
-    spec = targets.resolve(target or recipe.target, loaded.root,
-                           None if target else loaded.where("target"))
-    targets.check_compatible(spec, recipe, loaded.where)
     spec.check_toolchain()
     out = Path(output) if output else loaded.resolve(recipe.output.format(name=recipe.name, target=spec.name),
                                                           "output")
@@ -104,6 +100,16 @@ def build(recipe_path, target: str | None = None, output: str | Path | None = No
     return BuildResult(out, manifest, report, stage.timings)
 
 
+def _load(recipe_path, target: str | None, stage):
+    """The recipe and its target (--target wins over the recipe's), checked against each other."""
+    stage("loading recipe and target")
+    loaded = recipe_mod.load(recipe_path)
+    spec = targets.resolve(target or loaded.recipe.target, loaded.root,
+                           None if target else loaded.where("target"))
+    targets.check_compatible(spec, loaded.recipe, loaded.where)
+    return loaded, spec
+
+
 def _lower(loaded, spec, stage, log, also: str = ""):
     """Capture, passes and Relax: what a build and `accelc tune` share, so both see the same kernels."""
     from .backends.tvm import lower
@@ -149,11 +155,7 @@ def tune_recipe(recipe_path, target: str | None = None, resume: bool = False,
     """`accelc tune`: the kernels a build of the recipe would compile, tuned into the database;
     no artifact. `resume` tops kernels up to their budget instead of spending it all again."""
     stage = Progress(log, 4)
-    stage("loading recipe and target")
-    loaded = recipe_mod.load(recipe_path)
-    spec = targets.resolve(target or loaded.recipe.target, loaded.root,
-                           None if target else loaded.where("target"))
-    targets.check_compatible(spec, loaded.recipe, loaded.where)
+    loaded, spec = _load(recipe_path, target, stage)
     if not loaded.recipe.tuning.enabled:
         raise TuningError("the recipe sets no tuning budget", code="E616", location=loaded.where("tuning"),
                           field="tuning", hint="set tuning.trials, tuning.per_task or tuning.time_budget")
