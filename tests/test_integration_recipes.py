@@ -117,7 +117,8 @@ def test_resnet_batchnorms_are_folded(built):
 
 def test_cli_build_exits_zero_and_marks_verified(tmp_path, capsys):
     output = tmp_path / "edu_churn"
-    code = main(["build", str(RECIPES / "edu_churn.yaml"), "--output", str(output)])
+    # --no-cache: a test must not fill the repository's own build cache (.accelc/cache)
+    code = main(["build", str(RECIPES / "edu_churn.yaml"), "--output", str(output), "--no-cache"])
     assert code == 0
     assert "PASSED" in capsys.readouterr().out
     manifest = json.loads((output / "manifest.json").read_text())
