@@ -7,8 +7,11 @@ Two kinds of kill points:
                   after the swap, between the two renames of the non-Linux fallback): exact, cheap.
   build points    `accelc build` of the tiny MLP (examples/mlp) killed, with its process group, at a
                   random moment, uniform over the duration of a full build.
+  tuning points   `accelc tune` of the same MLP killed at a random moment of its run; then the
+                  tuning database must open (a torn last record set aside, nothing else lost), and
+                  every 5th run tunes to its end and builds with the records.
 
-    python benchmarks/kill_builds.py [--builds 40] [--staging-rounds 20] [--seed 0]
+    python benchmarks/kill_builds.py [--builds 40] [--staging-rounds 20] [--tunes 20] [--seed 0]
 
 Prints the outcomes per kill point and exits 1 if any output was partial or a rebuild failed.
 tests/test_crash_safety.py runs a few of the same kill points in CI.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import random
 import signal
@@ -121,10 +125,17 @@ def kill_staging(out: Path, point: str, payload: str) -> int:
 def start_build(recipe: Path, out: Path) -> subprocess.Popen:
     """`accelc build` in its own process group (so that a kill takes its linker with it); never from
     the build cache, which would skip the stages we kill in."""
+    return start_accelc(recipe, "build", str(recipe), "--output", str(out), "--no-cache")
+
+
+def start_tune(recipe: Path) -> subprocess.Popen:
+    return start_accelc(recipe, "tune", str(recipe))
+
+
+def start_accelc(recipe: Path, *argv: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "accelc", "build", str(recipe), "--output", str(out), "--no-cache"],
-                            cwd=recipe.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "accelc", *argv], cwd=recipe.parent, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def kill(process: subprocess.Popen) -> None:
@@ -200,13 +211,19 @@ def staging_sweep(folder: Path, rounds: int) -> Counter:
 LATE_STAGES = ("[2/6]", "[4/6]", "[5/6]", "[6/6]")  # capture, compile, write, verify: where the work is
 
 
+def project(folder: Path) -> Path:
+    """`folder` as a repository whose recipes can name examples.mlp."""
+    (folder / "pyproject.toml").touch()
+    if not (folder / "examples").exists():
+        (folder / "examples").symlink_to(ROOT / "examples", target_is_directory=True)
+    return folder
+
+
 def build_sweep(folder: Path, builds: int, rng: random.Random) -> tuple[Counter, float]:
     """Half the kills at a moment uniform over a whole build (start-up included), half at a moment
     uniform within one of the late stages, in turn."""
-    recipe = folder / "kill_mlp.yaml"
+    recipe = project(folder) / "kill_mlp.yaml"
     recipe.write_text(MLP_RECIPE)
-    (folder / "pyproject.toml").touch()
-    (folder / "examples").symlink_to(ROOT / "examples", target_is_directory=True)
     out = folder / "out"
     full_build(recipe, out)  # cold caches
     marks = full_build(recipe, out)  # the timings kill moments are drawn from (renewed every 10 kills)
@@ -234,15 +251,56 @@ def build_sweep(folder: Path, builds: int, rng: random.Random) -> tuple[Counter,
     return counts, marks["end"]
 
 
+def database_state(root: Path) -> str:
+    """'clean', 'torn line set aside' or 'REFUSED <code>' for the tuning database under `root`."""
+    import tvm
+
+    from accelc.backends.tvm import tune_db
+    from accelc.errors import AccelcError
+    folders = [f for f in root.iterdir() if (f / tune_db.TARGET_FILE).is_file()] if root.is_dir() else []
+    if not folders:
+        return "clean"  # killed before the database was created
+    lines: list[str] = []
+    try:
+        target = json.loads((folders[0] / tune_db.TARGET_FILE).read_text())["target"]
+        tune_db.open_database(root, tvm.target.Target(target), log=lines.append)
+    except AccelcError as exc:
+        return f"REFUSED {exc.code}"
+    return "torn line set aside" if lines else "clean"
+
+
+def tune_sweep(folder: Path, tunes: int, rng: random.Random) -> Counter:
+    recipe = project(folder) / "tune_mlp.yaml"
+    recipe.write_text(MLP_RECIPE.replace("name: kill_mlp", "name: tune_mlp") + "tuning: {trials: 24, threads: 1}\n")
+    counts, started = Counter(), time.monotonic()
+    process = start_tune(recipe)  # how long a whole run takes: kill moments are drawn from it
+    process.communicate()
+    length = time.monotonic() - started
+    for i in range(tunes):
+        stage = kill_build(start_tune(recipe), rng.uniform(0, length))
+        counts[("tune killed" if stage != "finished before the kill" else stage, database_state(folder / ".accelc"
+                                                                                                / "tuning"))] += 1
+        if (i + 1) % 5 == 0:
+            done = start_tune(recipe)
+            log = done.communicate()[0]
+            built = start_build(recipe, folder / "tuned-out")
+            log += built.communicate()[0]
+            ok = done.returncode == 0 and built.returncode == 0 and "tuned" in log
+            counts[("tune + build after kills", "ok" if ok else f"FAILED\n{log[-2000:]}")] += 1
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--builds", type=int, default=40, help="accelc builds killed at random moments")
     parser.add_argument("--staging-rounds", type=int, default=20, help="rounds over the staging kill points")
+    parser.add_argument("--tunes", type=int, default=20, help="accelc tune runs killed at random moments")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="accelc-kill-") as scratch:
         staged = staging_sweep(Path(scratch), args.staging_rounds)
         built, full = build_sweep(Path(scratch), args.builds, random.Random(args.seed))
+        tuned = tune_sweep(Path(scratch), args.tunes, random.Random(args.seed))
     print(f"staging kill points: {sum(staged.values())} kills ({args.staging_rounds} rounds x "
           f"{len(STAGING_POINTS)} points), each followed by a rebuild")
     for (point, got), n in sorted(staged.items()):
@@ -250,8 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"build kill points: {args.builds} builds killed at random moments (a full build: {full:.1f} s)")
     for (stage, got), n in sorted(built.items()):
         print(f"  {stage:<46} {got:<24} {n}")
-    bad = [k for k in (*staged, *built) if any(w in k[1] for w in ("UNEXPECTED", "PARTIAL", "FAILED"))]
-    print("partial artifacts or failed rebuilds:", len(bad))
+    print(f"tuning kill points: {args.tunes} `accelc tune` runs killed at random moments, then the database opened")
+    for (stage, got), n in sorted(tuned.items()):
+        print(f"  {stage:<46} {got:<24} {n}")
+    bad = [k for k in (*staged, *built, *tuned) if any(w in k[1] for w in ("UNEXPECTED", "PARTIAL", "FAILED", "REFUSED"))]
+    print("partial artifacts, refused databases or failed rebuilds:", len(bad))
     return 1 if bad else 0
 
 

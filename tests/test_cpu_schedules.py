@@ -91,3 +91,48 @@ def test_elementwise_chain_is_fused_vectorised_and_exact(rows):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     if rows * 27 >= 8:
         assert "T.vectorized" in script
+
+
+class Head(torch.nn.Module):
+    """A one-column classifier head: the matrix-vector rule (lanes across k, then added up)."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.fc = torch.nn.Linear(k, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(x))
+
+
+@pytest.mark.parametrize("rows, k", [(1, 64), (5, 8), (2048, 64), (3, 160)])  # one row, one lane group,
+def test_one_column_matmul_sums_in_lanes_and_matches_torch(rows, k):  # parallel, k not unrolled
+    torch.manual_seed(rows)
+    model = Head(k).eval()
+    x = np.random.default_rng(rows).standard_normal((rows, k), dtype=np.float32)
+    got, _, script = compile_and_run(model, [x], [InputSpec(name="x", shape=["batch", k])])
+    np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert "matmul_rf" in script and "T.vectorized" in script
+
+
+class Concat(torch.nn.Module):
+    """edu_churn's shape of preprocessing: standardised columns next to one-hot codes."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        num = (torch.log1p(torch.clamp(x[:, :16], 0.0, 50.0)) - 0.5) / 2.0
+        one_hot = (x[:, 16:17] == torch.arange(5, dtype=x.dtype)).to(x.dtype)
+        if self.dim == 0:
+            return torch.cat([num, torch.relu(x[:, :16])], dim=0)
+        return torch.cat([num, one_hot, x[:, 17:20] * 2.0], dim=1)
+
+
+@pytest.mark.parametrize("rows, dim", [(1, 1), (3, 1), (1500, 1), (3, 0), (1500, 0)])
+def test_concatenations_match_torch_row_by_row_or_along_rows(rows, dim):
+    x = np.random.default_rng(rows).standard_normal((rows, 20), dtype=np.float32) * 5
+    x[:, 16] = np.random.default_rng(1).integers(-1, 7, rows)
+    got, _, script = compile_and_run(Concat(dim), [x], [InputSpec(name="x", shape=["batch", 20])])
+    np.testing.assert_allclose(got, Concat(dim)(torch.from_numpy(x)).numpy(), rtol=1e-6, atol=1e-6)
+    assert "T.vectorized" in script

@@ -84,7 +84,7 @@ def tune(mod: tvm.IRModule, target, root: Path, section, *, mode: str = "missing
     """Tune the module's kernels within `section`'s budgets (recipe TuningSection); returns
     (summary, database). `mode` says what records already in the database count for (see plan)."""
     tune_ms.cpu_intrinsics_only(target)
-    database = tune_db.open_database(root, target, where("tuning", "database"))
+    database = tune_db.open_database(root, target, where("tuning", "database"), log)
     runner_text = check_runner(section, runs_here, where)
     found = [t for t in ms.relax_integration.extract_tasks(tunable_module(mod, target), target)
              if not t.mod.attrs.get("tirx.is_scheduled", False)]  # MetaSchedule would skip these

@@ -3,13 +3,16 @@
 Records live under ROOT/<key>/ where key hashes the exported target and the TVM version, so
 records tuned for one target are never applied to another (TVM issue #15549: the JSON database
 itself ignores the target when it is queried). A corrupt or foreign folder is refused, never
-rewritten: it may hold hours of measurements.
+rewritten: it may hold hours of measurements. The one exception is a torn last line: TVM appends
+each record with buffered writes, so a tuner killed mid-append leaves a line without its newline.
+That fragment is moved to a side file and the complete records before it are kept.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import tvm
@@ -40,7 +43,7 @@ def check_root(root: Path, where: str | None = None) -> None:
                           location=where, field="tuning.database") from None
 
 
-def open_database(root: Path, target, where: str | None = None):
+def open_database(root: Path, target, where: str | None = None, log=print):
     """The JSON database for this target, created if absent; unwritable, corrupt or foreign
     folders are refused with a coded error and left as they are."""
     folder = folder_for(root, target)
@@ -48,7 +51,10 @@ def open_database(root: Path, target, where: str | None = None):
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / TARGET_FILE).exists():
-            (folder / TARGET_FILE).write_text(json.dumps({"target": str(target), "tvm": tvm.__version__}) + "\n")
+            _write_atomically(folder / TARGET_FILE,
+                              json.dumps({"target": str(target), "tvm": tvm.__version__}) + "\n")
+        for name in FILES:
+            _set_aside_torn_line(folder / name, log)
         for name in FILES:  # records are appended during tuning: find out now, not after an hour
             path = folder / name
             if path.exists() and not os.access(path, os.W_OK) or not os.access(folder, os.W_OK):
@@ -57,6 +63,32 @@ def open_database(root: Path, target, where: str | None = None):
         raise RecipeError(f"tuning database {folder} is not writable: {exc.strerror or exc}", code="E601",
                           location=where, field="tuning.database") from None
     return _load(folder, where)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A killed writer leaves the old file or none, never an empty target.json (E602 next time)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _set_aside_torn_line(path: Path, log) -> None:
+    """Cut an unterminated last line (a tuner killed mid-append) off `path` into `path.torn-<ns>`."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+        handle.seek(0)
+        data = handle.read()
+        keep = data.rfind(b"\n") + 1
+        side = path.with_name(f"{path.name}.torn-{time.time_ns()}")
+        side.write_bytes(data[keep:])  # first: a kill between the two steps loses nothing
+        handle.truncate(keep)
+    lines = data.count(b"\n")
+    log(f"  tuning database: {path.name} ended in a torn line (a tuner killed mid-write); kept its {lines} "
+        f"complete line(s) and moved the {len(data) - keep}-byte fragment to {side.name}")
 
 
 def _load(folder: Path, where: str | None):
@@ -112,7 +144,7 @@ def merge(sources: list[Path], dest: Path, log=print) -> dict:
             groups.setdefault(folder.name, []).append((target, _load(folder, None)))
     added = {}
     for key, databases in groups.items():
-        out = open_database(dest, databases[0][0])
+        out = open_database(dest, databases[0][0], log=log)
         seen = {_identity(r) for r in out.get_all_tuning_records()}
         count = 0
         for _, database in databases:
