@@ -98,19 +98,29 @@ def _onnxruntime(model, inputs, threads):
 
 
 def compare(model, inputs: list[np.ndarray], systems: dict[str, Callable], threads: int, calls: int = 2000,
-            peers: bool = True) -> list[dict]:
-    """Rows of {system, p50_us, p99_us, gflops, bound_pct} (or a skip note), same inputs for all."""
+            peers: bool = True, rounds: int = 5) -> list[dict]:
+    """Rows of {system, p50_us, p99_us, gflops, bound_pct} (or a skip note), same inputs for all.
+    Systems take turns: `rounds` rounds of calls / rounds calls each, reporting the median of the
+    rounds' p50 and p99, so that a busy neighbour on a shared machine slows every system alike
+    instead of whichever ran while it was busy."""
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
     candidates = {**systems, **(peer_callables(model, inputs, threads) if peers else {})}
     flops, bound = model_flops(model, inputs), fma_bound_gflops(threads)
+    runnable = {name: fn for name, fn in candidates.items() if not isinstance(fn, str)}
+    timings: dict[str, list[dict]] = {name: [] for name in runnable}
+    for round_ in range(max(1, rounds)):
+        for name, fn in runnable.items():
+            timings[name].append(time_calls(fn, max(1, calls // max(1, rounds)), warmup=100 if round_ == 0 else 10))
     rows = []
     for name, fn in candidates.items():
         if isinstance(fn, str):
             rows.append({"system": name, "note": fn})
             continue
-        timing = time_calls(fn, calls)
-        gflops = flops / (timing["p50_us"] * 1e3)
-        rows.append({"system": name, **timing, "gflops": gflops, "bound_pct": 100 * gflops / bound})
+        p50 = float(np.median([t["p50_us"] for t in timings[name]]))
+        p99 = float(np.median([t["p99_us"] for t in timings[name]]))
+        gflops = flops / (p50 * 1e3)
+        rows.append({"system": name, "p50_us": p50, "p99_us": p99, "calls": sum(t["calls"] for t in timings[name]),
+                     "rounds": len(timings[name]), "gflops": gflops, "bound_pct": 100 * gflops / bound})
     return rows
 
 
@@ -126,7 +136,7 @@ def format_rows(rows: list[dict], title: str) -> str:
 
 
 def bench_artifact(folder: Path, batches: list[int] | None = None, threads: int = 1, calls: int = 2000,
-                   log=print) -> dict:
+                   log=print, rounds: int = 5) -> dict:
     """Time an artifact against its own original model's peers at each batch size."""
     from . import artifact, capture, runtime
     from .reverify import stored_recipe
@@ -139,7 +149,7 @@ def bench_artifact(folder: Path, batches: list[int] | None = None, threads: int 
                "fma_bound_gflops": fma_bound_gflops(threads), "batches": {}}
     for batch in batches or manifest["batch"]:
         inputs = list(capture.random_inputs(loaded.recipe.model.inputs, batch, seed=batch))
-        rows = compare(model, inputs, {"accelc": lambda: predictor(*inputs)}, threads, calls)
+        rows = compare(model, inputs, {"accelc": lambda: predictor(*inputs)}, threads, calls, rounds=rounds)
         results["batches"][batch] = rows
         log(format_rows(rows, f"\n{manifest['name']} batch {batch}, {threads} thread(s), numpy in / numpy out"))
     return results

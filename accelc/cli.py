@@ -96,7 +96,7 @@ def _cmd_bench(args) -> int:
         target = build(target, output=Path(tempfile.mkdtemp(prefix="accelc-bench-")) / "artifact",
                        log=_progress).output
     batches = [int(b) for b in args.batch.split(",")] if args.batch else None
-    results = bench.bench_artifact(target, batches, args.threads, args.calls)
+    results = bench.bench_artifact(target, batches, args.threads, args.calls, rounds=args.rounds)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if args.plot:
@@ -220,6 +220,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", help="comma-separated batch sizes (default: the artifact's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--calls", type=int, default=2000, help="timed calls per system and batch (after warm-up)")
+    p.add_argument("--rounds", type=_positive, default=5,
+                   help="the systems take turns in this many rounds (median of the rounds; default 5)")
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--plot", help="write a PNG of latency vs batch size here")
     p.set_defaults(func=_cmd_bench)

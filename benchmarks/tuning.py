@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -75,22 +74,6 @@ def inputs_for(loaded, batch: int) -> list:
     return list(capture.random_inputs(loaded.recipe.model.inputs, batch, seed=batch))
 
 
-def interleaved(model, inputs, systems: dict, threads: int, calls: int, rounds: int) -> list[dict]:
-    """bench.compare `rounds` times, every system once per round; median p50/p99 per system."""
-    from accelc import bench
-    runs = [bench.compare(model, inputs, systems, threads, calls, peers=False) for _ in range(rounds)]
-    rows = []
-    for i, row in enumerate(runs[0]):
-        if "note" in row:
-            rows.append(row)
-            continue
-        p50 = statistics.median(run[i]["p50_us"] for run in runs)
-        scale = row["p50_us"] / p50  # GFLOP/s and % of the bound follow the median p50
-        rows.append({**row, "p50_us": p50, "p99_us": statistics.median(run[i]["p99_us"] for run in runs),
-                     "gflops": row["gflops"] * scale, "bound_pct": row["bound_pct"] * scale})
-    return rows
-
-
 def tuning_line(tuning: dict) -> str:
     return (f"{tuning['trials']} trials in {tuning['seconds']:.0f} s, {tuning['tuned_tasks']}/{tuning['tasks']} "
             f"kernels tuned, stopped by {tuning['stopped_by']}")
@@ -115,7 +98,8 @@ def bench_workload(name: str, args) -> None:
         inputs = inputs_for(loaded, batch)
         systems = {"accelc untuned": lambda: p_untuned(*inputs), "accelc tuned": lambda: p_tuned(*inputs),
                    **bench.peer_callables(model, inputs, args.threads)}
-        rows = interleaved(model, inputs, systems, args.threads, args.calls, args.rounds)
+        rows = bench.compare(model, inputs, systems, args.threads, args.calls * args.rounds, peers=False,
+                             rounds=args.rounds)
         print(bench.format_rows(rows, f"\n{name} batch {batch}, {args.threads} thread(s), numpy in/out, median of "
                                       f"{args.rounds} interleaved rounds; FMA bound "
                                       f"{bench.fma_bound_gflops(args.threads):.0f} GFLOP/s"))
