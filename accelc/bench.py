@@ -39,15 +39,34 @@ def model_flops(model, inputs: list[np.ndarray]) -> int:
 
 
 def fma_bound_gflops(threads: int) -> float:
-    """Peak fp32 GFLOP/s: threads x 2 FMA units x 8 lanes (AVX2) x 2 flops x clock."""
+    """Peak fp32 GFLOP/s of this machine: threads x 2 FMA units x lanes x 2 flops x clock, with 16
+    lanes where the CPU has AVX-512 (PyTorch and ONNX Runtime use it whatever accelc targets)."""
+    return threads * 2 * fma_lanes() * 2 * cpu_ghz()
+
+
+def fma_lanes() -> int:
+    from .host import cpu_flags
+    return 16 if "avx512f" in cpu_flags() else 8
+
+
+def cpu_ghz() -> float:
+    """The clock the bound assumes: $ACCELC_CPU_GHZ when set (VMs often report their base clock
+    while running at turbo: kernels here measured above a bound taken from /proc/cpuinfo), else
+    cpufreq's maximum, else the largest 'cpu MHz' in /proc/cpuinfo, else 2.6."""
+    if os.environ.get("ACCELC_CPU_GHZ"):
+        return float(os.environ["ACCELC_CPU_GHZ"])
+    try:
+        return int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1e6
+    except (OSError, ValueError):
+        pass
     mhz = 0.0
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("cpu MHz"):
                 mhz = max(mhz, float(line.split(":")[1]))
-    except OSError:
+    except (OSError, ValueError):
         pass
-    return threads * 2 * 8 * 2 * (mhz or 2600.0) / 1000.0
+    return mhz / 1000.0 or 2.6
 
 
 def peer_callables(model, inputs: list[np.ndarray], threads: int) -> dict[str, Callable | str]:

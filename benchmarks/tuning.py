@@ -1,10 +1,11 @@
 """Untuned vs tuned accelc builds against PyTorch eager, torch.compile and ONNX Runtime.
 
-    python benchmarks/tuning.py [--trials 256] [--time-budget 300] [--rounds 3] [--calls 1000]
-                                [--workloads edu_churn,resnet_small] [--keep-database]
+    ACCELC_CPU_GHZ=2.6 python benchmarks/tuning.py [--trials 256] [--time-budget 300] [--rounds 3]
+        [--calls 1000] [--workloads edu_churn,edu_churn_mlp,resnet_small] [--keep-database]
 
 For each workload (the repository's recipes: the edu_churn model with its trained weights at batch
-1, 256 and 4096, the ResNet-style CNN at batch 1) it builds untuned and tuned artifacts (a fresh
+1, 256 and 4096; its MLP alone, without the folded preprocessing, at 256 and 4096; the
+ResNet-style CNN at batch 1) it builds untuned and tuned artifacts (a fresh
 database under benchmarks/out/tuning unless --keep-database), then times every system on the same
 inputs, one thread, in `--rounds` interleaved rounds (median of the rounds' p50 and p99), with
 GFLOP/s against the FMA bound. Finally it times `accelc build` twice more from the command line:
@@ -28,16 +29,31 @@ OUT = ROOT / "benchmarks" / "out"
 DATABASE = "benchmarks/out/tuning"
 WORKLOADS = {  # name -> (recipe in recipes/, batch sizes to build and time)
     "edu_churn": ("edu_churn", [1, 256, 4096]),
+    "edu_churn_mlp": ("edu_churn", [256, 4096]),  # the MLP alone (39->128->64->1), on standardised features
     "resnet_small": ("resnet_small", [1]),
 }
 
 
-def write_recipe(workload: str, sizes: list[int], tuning: dict | None) -> Path:
+def mlp_only(data: dict) -> dict:
+    """edu_churn's recipe for its MLP without the folded preprocessing (random weights: the same
+    arithmetic), as the issue's peers were measured on a plain MLP."""
+    data["model"] = {"entrypoint": "examples.edu_churn.model:build_mlp", "batch": data["model"]["batch"],
+                     "inputs": [{"name": "features", "shape": ["batch", 39], "dtype": "float32"}]}
+    data.pop("data", None)
+    data["verify"].pop("metric", None)
+    return data
+
+
+def write_recipe(workload: str, sizes: list[int], tuning: dict | None, target: str | None = None) -> Path:
     """The repository recipe at these batch sizes, with or without a tuning budget."""
     data = yaml.safe_load((ROOT / "recipes" / f"{WORKLOADS[workload][0]}.yaml").read_text())
     data["name"] = f"bench_{workload}_{'tuned' if tuning else 'untuned'}"
     data["model"]["batch"] = sizes
     data["verify"] = {**data.get("verify", {}), "samples": 1}
+    if target:
+        data["target"] = target
+    if workload == "edu_churn_mlp":
+        data = mlp_only(data)
     data.pop("tuning", None)
     if tuning:
         data["tuning"] = tuning
@@ -82,13 +98,14 @@ def tuning_line(tuning: dict) -> str:
 def bench_workload(name: str, args) -> None:
     from accelc import bench, capture, recipe as recipe_mod, runtime
     sizes = WORKLOADS[name][1]
-    untuned_recipe = write_recipe(name, sizes, None)
+    untuned_recipe = write_recipe(name, sizes, None, args.target)
     tuned_recipe = write_recipe(name, sizes, {"trials": args.trials, "time_budget": args.time_budget,
-                                              "threads": args.threads, "database": DATABASE})
+                                              "threads": args.threads, "database": DATABASE}, args.target)
     untuned, t_untuned = build(untuned_recipe, OUT / f"{name}-untuned")
     tuned, t_tuned = build(tuned_recipe, OUT / f"{name}-tuned")
     tuning = tuned.manifest["tuning"]
-    print(f"\n== {name}: untuned build {t_untuned:.0f} s; tuned build {t_tuned:.0f} s ({tuning_line(tuning)})")
+    print(f"\n== {name} for {tuned.manifest['target']['name']}: untuned build {t_untuned:.0f} s; "
+          f"tuned build {t_tuned:.0f} s ({tuning_line(tuning)})")
     from accelc.backends.tvm.tune import format_summary
     print(format_summary(tuning))
     loaded = recipe_mod.load(untuned_recipe)
@@ -102,7 +119,8 @@ def bench_workload(name: str, args) -> None:
                              rounds=args.rounds)
         print(bench.format_rows(rows, f"\n{name} batch {batch}, {args.threads} thread(s), numpy in/out, median of "
                                       f"{args.rounds} interleaved rounds; FMA bound "
-                                      f"{bench.fma_bound_gflops(args.threads):.0f} GFLOP/s"))
+                                      f"{bench.fma_bound_gflops(args.threads):.0f} GFLOP/s "
+                                      f"({bench.fma_lanes()} lanes, {bench.cpu_ghz():.2f} GHz)"))
         peers = [r["p50_us"] for r in rows if "p50_us" in r and not r["system"].startswith("accelc")]
         tuned_p50 = next(r["p50_us"] for r in rows if r["system"] == "accelc tuned")
         if peers:
@@ -125,6 +143,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000, help="timed calls per system, batch and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (the machine is noisy)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--target", help="build for this target instead of the recipes' (e.g. x86-avx512)")
     parser.add_argument("--keep-database", action="store_true", help="resume from earlier records")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)

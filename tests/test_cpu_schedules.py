@@ -7,6 +7,7 @@ import torch
 import tvm
 from hypothesis import given, settings, strategies as st
 
+from accelc import host, targets
 from accelc.backends.tvm import lower
 from accelc.capture import _drop_guards
 from accelc.recipe import InputSpec
@@ -28,21 +29,21 @@ class BatchedMatmul(torch.nn.Module):
         return torch.matmul(a, b) * 0.5
 
 
-def compile_and_run(model, inputs, specs):
+def compile_and_run(model, inputs, specs, target=TARGET):
     graph = torch.export.export(model, tuple(torch.from_numpy(a) for a in inputs)).module()
     _drop_guards(graph)
-    lowered = lower.to_relax(lower.export_programs(graph, specs, [inputs[0].shape[0]]), TARGET)
-    vm = tvm.relax.VirtualMachine(lower.compile_module(lowered, TARGET), tvm.cpu())
+    lowered = lower.to_relax(lower.export_programs(graph, specs, [inputs[0].shape[0]]), target)
+    vm = tvm.relax.VirtualMachine(lower.compile_module(lowered, target), tvm.cpu())
     params = vm["transform_params"]([tvm.runtime.tensor(p) for p in lowered.params.values()]) \
         if lowered.params else []
     out = vm[lower.function_name(inputs[0].shape[0])](*[tvm.runtime.tensor(a) for a in inputs], *params)
-    return out.numpy(), lowered, executable_source(lowered)  # one output: returned unwrapped
+    return out.numpy(), lowered, executable_source(lowered, target)  # one output: returned unwrapped
 
 
-def executable_source(lowered) -> str:
+def executable_source(lowered, target=TARGET) -> str:
     from accelc.backends.tvm.pipeline import build_pipeline
-    with TARGET:
-        mod = build_pipeline(TARGET)(lowered.mod)
+    with target:
+        mod = build_pipeline(target)(lowered.mod)
     return mod.script()
 
 
@@ -136,3 +137,18 @@ def test_concatenations_match_torch_row_by_row_or_along_rows(rows, dim):
     got, _, script = compile_and_run(Concat(dim), [x], [InputSpec(name="x", shape=["batch", 20])])
     np.testing.assert_allclose(got, Concat(dim)(torch.from_numpy(x)).numpy(), rtol=1e-6, atol=1e-6)
     assert "T.vectorized" in script
+
+
+@pytest.mark.skipif(not {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= host.cpu_flags(),
+                    reason="this machine cannot run AVX-512 code")
+def test_avx512_target_runs_rows_narrower_than_a_register_as_8_lane_vectors():
+    """16 float lanes: edu_churn's 24-wide rows are three 8-lane vectors, not unrolled scalars."""
+    avx512 = targets.resolve("x86-avx512").tvm_target()
+    x = np.random.default_rng(0).standard_normal((700, 24), dtype=np.float32) * 5
+    got, _, script = compile_and_run(Preprocess(), [x], [InputSpec(name="x", shape=["batch", 24])], avx512)
+    np.testing.assert_allclose(got, Preprocess()(torch.from_numpy(x)).numpy(), rtol=1e-6, atol=1e-6)
+    assert "T.vectorized(T.int64(8))" in script
+    model = LinearRelu(24, 48).eval()
+    got, _, script = compile_and_run(model, [x], [InputSpec(name="x", shape=["batch", 24])], avx512)
+    np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
+    assert "T.vectorized(T.int64(16))" in script  # the matmul tile: a full AVX-512 register

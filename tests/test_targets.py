@@ -20,7 +20,7 @@ LOCAL_TARGET = textwrap.dedent("""\
 
 def test_packaged_targets_load():
     found = targets.load_all()
-    assert {"x86", "aarch64", "cuda-sm80", "cuda-sm90"} <= set(found)
+    assert {"x86", "x86-avx512", "aarch64", "cuda-sm80", "cuda-sm90"} <= set(found)
     x86 = found["x86"]
     assert x86.tvm["kind"] == "llvm" and x86.tvm["mcpu"] == "haswell" and {"avx2", "fma"} <= set(x86.cpu_features)
     assert found["aarch64"].cross_compiler and found["cuda-sm80"].device == "cuda"

@@ -119,7 +119,7 @@ class Elementwise(CPUScheduleRule):
                 return None
             if concat:
                 return _concat(sch, last, shape, lanes)
-            if shape[-1] % lanes == 0:
+            if _vector_width(shape[-1], lanes):
                 _by_rows(sch, last, shape, lanes)
             else:
                 flat(sch, last, lanes)
@@ -155,8 +155,8 @@ def _concat_by_rows(sch, concat, shape: list[int], lanes: int) -> None:
         if len(row) != 1:  # the concat is not along the last axis
             raise ValueError("not a concatenation of rows")
         width = _extent(sch, row[0])
-        if width is not None and width % lanes == 0:
-            sch.vectorize(sch.split(row[0], [None, lanes])[1])
+        if width is not None and (vector := _vector_width(width, lanes)):
+            sch.vectorize(sch.split(row[0], [None, vector])[1])
         elif width is not None and width <= 64:
             sch.unroll(row[0])
     if shape[-1] <= 64:
@@ -169,8 +169,8 @@ def _by_rows(sch, block, shape: list[int], lanes: int) -> None:
     """Outer axes in parallel when large; the last axis vectorised, or unrolled when it is short
     and not a multiple of the vector width (LLVM then vectorises what it can across it)."""
     *outer, inner = sch.get_loops(block)
-    if shape[-1] % lanes == 0:
-        _, lane = sch.split(inner, [None, lanes])
+    if vector := _vector_width(shape[-1], lanes):
+        _, lane = sch.split(inner, [None, vector])
         sch.vectorize(lane)
     elif shape[-1] <= 64:
         sch.unroll(inner)
@@ -192,6 +192,12 @@ def flat(sch, block, lanes: int, parallel_min: int = PARALLEL_MIN) -> None:
     if total >= lanes:
         _, inner = sch.split(fused, [None, lanes])
         sch.vectorize(inner)
+
+
+def _vector_width(width: int, lanes: int) -> int | None:
+    """The widest vector (a full register, else a half or a quarter of one, at least 4 lanes) that
+    divides a row: AVX-512 rows of 24 floats run as three 8-lane vectors, not unrolled scalars."""
+    return next((w for w in (lanes, lanes // 2, lanes // 4) if w >= 4 and width % w == 0), None)
 
 
 def root_blocks(rule: CPUScheduleRule, func, target: Target):
