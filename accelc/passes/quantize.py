@@ -67,6 +67,9 @@ class QuantizeConfig(PassConfig):
     reduce_range: bool = Field(True, description="7-bit activations (0..127): required by the AVX2 int8 kernel "
                                "(vpmaddubsw saturates otherwise); false uses 8 bits and a slower exact kernel.")
     skip: list[str] = Field(default_factory=list, description="Globs over module paths of layers to keep float32.")
+    min_outputs: int = Field(8, ge=1, le=1 << 20, description="static/dynamic: layers with fewer output channels "
+                             "stay float32 (a one-column head runs as a matrix-vector product: its int8 requantize "
+                             "costs more than the dot products save, and its weights are tiny); 1 quantizes all.")
     data: str | None = Field(None, pattern=ENTRYPOINT, description="Callable returning calibration inputs; "
                              "default: the recipe's data.calibration.")
     fallback: FallbackConfig | None = Field(None, description="Accuracy-aware fallback: revert the most "
@@ -107,6 +110,10 @@ class Quantize(Pass):
         for layer in found:
             if layer.problem is None and any(fnmatch(layer.name, glob) for glob in cfg.skip):
                 layer.problem = "kept float32 by quantize.skip"
+            elif layer.problem is None and mode in ("static", "dynamic") and \
+                    (outputs := rewrite.output_channels(gm, layer)) < cfg.min_outputs:
+                layer.problem = (f"kept float32: {outputs} output channel(s) run faster in float32 than as an int8 "
+                                 f"matrix-vector product (quantize.min_outputs: {cfg.min_outputs})")
         chosen = [layer for layer in found if layer.problem is None]
         tensors, source = _samples(cfg, ctx, index, where, required=mode == "static" and bool(chosen))
         ranges = self._calibrate(gm, chosen, tensors, ctx) if mode == "static" and chosen else {}

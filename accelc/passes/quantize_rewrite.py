@@ -51,6 +51,12 @@ def layers(gm: fx.GraphModule, dtype: str) -> list[Layer]:
     return found
 
 
+def output_channels(gm: fx.GraphModule, layer: Layer) -> int:
+    """Output features of a Linear, output channels of a Conv (the weight's first dimension)."""
+    node = next(n for n in gm.graph.nodes if n.name == layer.node)
+    return int(fetch(gm, node.args[1]).shape[0])
+
+
 def float_ops(gm: fx.GraphModule) -> list[dict]:
     """Multiply-accumulate ops that are not Linear/Conv layers (attention's matmuls): they have
     no int8 path and stay float32."""

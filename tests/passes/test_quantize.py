@@ -14,6 +14,7 @@ from accelc import recipe as recipe_mod
 from accelc.capture import import_entrypoint
 from accelc.errors import PassError, RecipeError
 from accelc.passes import PassContext, run_passes
+from accelc.passes.fold import fetch
 from accelc.passes.quantize import Quantize, QuantizeConfig
 from accelc.passes.quantize_observe import observe
 from accelc.passes.quantize_ops import ops
@@ -84,7 +85,8 @@ def loaded(repo):
 
 
 def run(gm, inputs, loaded, log=None, **config):
-    cfg = QuantizeConfig(kind="quantize", **config)
+    """The pass on `gm`; every layer is eligible (min_outputs 1) unless a test says otherwise."""
+    cfg = QuantizeConfig(kind="quantize", **{"min_outputs": 1, **config})
     return Quantize(cfg).run(gm, PassContext(inputs, loaded, log or (lambda line: None)))
 
 
@@ -364,3 +366,18 @@ def test_inconsistent_config_is_a_recipe_error(repo, config, message):
     with pytest.raises(RecipeError) as info:
         loaded_recipe(repo, RECIPE + f"passes:\n  - {config}\n", "bad.yaml")
     assert message in str(info.value) and "bad.yaml:10:" in str(info.value)
+
+
+def test_layers_narrower_than_min_outputs_stay_float_and_say_why(loaded):
+    """By default a one-output head is not quantized (as an int8 GEMV it is slower than float32);
+    min_outputs 1 quantizes it too."""
+    model, inputs, gm = captured("mlp")
+    narrow = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.linear.default
+              and fetch(gm, n.args[1]).shape[0] < 8]
+    result = Quantize(QuantizeConfig(kind="quantize", mode="static")).run(gm, PassContext(inputs, loaded, print))
+    rows = {row["layer"]: row for row in result.stats["layers"]}
+    kept = [row for row in rows.values() if row["dtype"] == "float32"]
+    assert narrow and len(kept) == len(narrow) and all("quantize.min_outputs: 8" in row["reason"] for row in kept)
+    assert targets(result.graph)["linear"] == len(narrow)
+    everything = run(gm, inputs, loaded, mode="static")  # the helper's min_outputs 1
+    assert targets(everything.graph)["linear"] == 0

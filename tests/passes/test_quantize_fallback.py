@@ -98,7 +98,7 @@ def run(repo, planted, config: str, text: str = RECIPE, name: str = "fb.yaml"):
 
 
 def test_the_planted_layer_is_ranked_worst_and_is_the_one_reverted(repo, planted):
-    result, lines = run(repo, planted, "{kind: quantize, mode: static, weights: per_tensor, fallback: {}}")
+    result, lines = run(repo, planted, "{kind: quantize, mode: static, weights: per_tensor, min_outputs: 1, fallback: {}}")
     report = result.stats["fallback"]
     assert [r["layer"] for r in report["ranking"]][0] == "2"  # nn.Sequential index of the planted layer
     assert report["reverted"] == ["2"]
@@ -115,7 +115,7 @@ def test_the_planted_layer_is_ranked_worst_and_is_the_one_reverted(repo, planted
 
 
 def test_per_channel_weights_need_no_fallback(repo, planted):
-    result, _ = run(repo, planted, "{kind: quantize, mode: static, fallback: {max_drop: 0.002}}")
+    result, _ = run(repo, planted, "{kind: quantize, mode: static, min_outputs: 1, fallback: {max_drop: 0.002}}")
     assert result.stats["fallback"]["reverted"] == []
     assert len(result.stats["fallback"]["steps"]) == 1
 
