@@ -152,3 +152,9 @@ def test_avx512_target_runs_rows_narrower_than_a_register_as_8_lane_vectors():
     got, _, script = compile_and_run(model, [x], [InputSpec(name="x", shape=["batch", 24])], avx512)
     np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
     assert "T.vectorized(T.int64(16))" in script  # the matmul tile: a full AVX-512 register
+    head = Head(40).eval()  # k = 40: summed in 8-lane halves
+    got, _, script = compile_and_run(head, [x[:, :1].repeat(40, 1)], [InputSpec(name="x", shape=["batch", 40])],
+                                     avx512)
+    np.testing.assert_allclose(got, head(torch.from_numpy(x[:, :1].repeat(40, 1))).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert "matmul_rf" in script

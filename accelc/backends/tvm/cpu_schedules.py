@@ -41,8 +41,8 @@ class Matmul(CPUScheduleRule):
         if None in extents:
             return None  # symbolic shapes: leave to the defaults
         lanes = _lanes(target)
-        if extents[-2] == 1 and extents[-1] % lanes == 0:
-            return _matvec(sch, blocks, extents, lanes)
+        if extents[-2] == 1 and (vector := _vector_width(extents[-1], lanes)):
+            return _matvec(sch, blocks, extents, vector)
         *batch, i, j, k = loops
         rows, cols = min(ROWS * (2 if lanes == 16 else 1), extents[-3]), min(2 * lanes, extents[-2])
         io, ii = sch.split(i, [None, rows])
