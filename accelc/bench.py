@@ -127,9 +127,10 @@ def compare(model, inputs: list[np.ndarray], systems: dict[str, Callable], threa
     flops, bound = model_flops(model, inputs), fma_bound_gflops(threads)
     runnable = {name: fn for name, fn in candidates.items() if not isinstance(fn, str)}
     timings: dict[str, list[dict]] = {name: [] for name in runnable}
-    for round_ in range(max(1, rounds)):
+    rounds = max(1, rounds)
+    for round_ in range(rounds):
         for name, fn in runnable.items():
-            timings[name].append(time_calls(fn, max(1, calls // max(1, rounds)), warmup=100 if round_ == 0 else 10))
+            timings[name].append(time_calls(fn, max(1, calls // rounds), warmup=100 if round_ == 0 else 10))
     rows = []
     for name, fn in candidates.items():
         if isinstance(fn, str):

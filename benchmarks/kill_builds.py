@@ -272,14 +272,14 @@ def database_state(root: Path) -> str:
 def tune_sweep(folder: Path, tunes: int, rng: random.Random) -> Counter:
     recipe = project(folder) / "tune_mlp.yaml"
     recipe.write_text(MLP_RECIPE.replace("name: kill_mlp", "name: tune_mlp") + "tuning: {trials: 24, threads: 1}\n")
-    counts, started = Counter(), time.monotonic()
+    counts, started, database = Counter(), time.monotonic(), folder / ".accelc" / "tuning"
     process = start_tune(recipe)  # how long a whole run takes: kill moments are drawn from it
     process.communicate()
     length = time.monotonic() - started
     for i in range(tunes):
         stage = kill_build(start_tune(recipe), rng.uniform(0, length))
-        counts[("tune killed" if stage != "finished before the kill" else stage, database_state(folder / ".accelc"
-                                                                                                / "tuning"))] += 1
+        outcome = stage if stage == "finished before the kill" else "tune killed"
+        counts[(outcome, database_state(database))] += 1
         if (i + 1) % 5 == 0:
             done = start_tune(recipe)
             log = done.communicate()[0]

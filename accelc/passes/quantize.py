@@ -110,10 +110,9 @@ class Quantize(Pass):
         for layer in found:
             if layer.problem is None and any(fnmatch(layer.name, glob) for glob in cfg.skip):
                 layer.problem = "kept float32 by quantize.skip"
-            elif layer.problem is None and mode in ("static", "dynamic") and \
-                    (outputs := rewrite.output_channels(gm, layer)) < cfg.min_outputs:
-                layer.problem = (f"kept float32: {outputs} output channel(s) run faster in float32 than as an int8 "
-                                 f"matrix-vector product (quantize.min_outputs: {cfg.min_outputs})")
+            elif layer.problem is None and mode in ("static", "dynamic") and layer.outputs < cfg.min_outputs:
+                layer.problem = (f"kept float32: {layer.outputs} output channel(s) run faster in float32 than as an "
+                                 f"int8 matrix-vector product (quantize.min_outputs: {cfg.min_outputs})")
         chosen = [layer for layer in found if layer.problem is None]
         tensors, source = _samples(cfg, ctx, index, where, required=mode == "static" and bool(chosen))
         ranges = self._calibrate(gm, chosen, tensors, ctx) if mode == "static" and chosen else {}

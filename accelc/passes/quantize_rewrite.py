@@ -34,6 +34,7 @@ class Layer:
     op: str
     problem: str | None = None  # why it stays float32
     info: dict = field(default_factory=dict)
+    outputs: int = 0  # output features / channels (the weight's first dimension), 0 when it has no fixed weight
 
 
 def layers(gm: fx.GraphModule, dtype: str) -> list[Layer]:
@@ -43,18 +44,14 @@ def layers(gm: fx.GraphModule, dtype: str) -> list[Layer]:
         if node.op != "call_function" or node.target not in LAYERS:
             continue
         op = getattr(node.target, "_opname", str(node.target))
-        found.append(Layer(node.name, layer_name(node), op, _problem(gm, node, dtype)))
+        weight = node.args[1]
+        outputs = fetch(gm, weight).shape[0] if isinstance(weight, fx.Node) and weight.op == "get_attr" else 0
+        found.append(Layer(node.name, layer_name(node), op, _problem(gm, node, dtype), outputs=int(outputs)))
     names = [layer.name for layer in found]
     for layer in found:  # one module calling F.linear twice (attention's in/out projections)
         if names.count(layer.name) > 1:
             layer.name = f"{layer.name}[{layer.node}]"
     return found
-
-
-def output_channels(gm: fx.GraphModule, layer: Layer) -> int:
-    """Output features of a Linear, output channels of a Conv (the weight's first dimension)."""
-    node = next(n for n in gm.graph.nodes if n.name == layer.node)
-    return int(fetch(gm, node.args[1]).shape[0])
 
 
 def float_ops(gm: fx.GraphModule) -> list[dict]:
