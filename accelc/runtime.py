@@ -83,6 +83,11 @@ class Predictor:
                                 f"{lines[-1][:300] if lines else ''}", code="E706",
                                 hint="it may come from another accelc or TVM version; rebuild it") from None
         self.sizes = sorted(b for b in vm if b is not None)
+        # The common call (numpy arrays by position, a built batch size, no per-value checks) skips
+        # the general path: its checks and lookups cost ~10 us a call, 12% of the MLP at batch 256.
+        self._lean = (self._on_cpu and not reject_nonfinite and bool(self.sizes) and all(self._batched)
+                      and not any("range" in spec for spec in self.inputs))
+        self._lean_specs = [(dtype, dims[1:]) for dtype, dims in self._expect]
 
     def _thread_functions(self) -> dict:
         """This thread's VM functions, one static function per built batch size (None: no batch dim)."""
@@ -166,6 +171,8 @@ class Predictor:
 
     def predict(self, *args, **kwargs) -> list[np.ndarray]:
         """All outputs as a list of numpy arrays."""
+        if self._lean and not kwargs and (outputs := self._lean_call(args)) is not None:
+            return outputs
         arrays = self._prepare(args, kwargs)
         if self.reject_nonfinite:
             for spec, array in zip(self.inputs, arrays):
@@ -202,9 +209,12 @@ class Predictor:
         """Zero-copy when the array is contiguous and aligned on the CPU; otherwise exactly one copy."""
         if not self._on_cpu:
             return self._tensor(np.ascontiguousarray(array), self.device)
-        if not (array.flags.c_contiguous and array.ctypes.data % ALIGN == 0):
-            array = self._staged(index, array)
-        return self._from_dlpack(array, require_alignment=ALIGN, require_contiguous=True)
+        if array.flags.c_contiguous:
+            try:  # DLPack checks the alignment itself (reading it from numpy costs more than the call)
+                return self._from_dlpack(array, require_alignment=ALIGN, require_contiguous=True)
+            except RuntimeError:  # not 64-byte aligned
+                pass
+        return self._from_dlpack(self._staged(index, array), require_alignment=ALIGN, require_contiguous=True)
 
     def _staged(self, index: int, array: np.ndarray) -> np.ndarray:
         """Copy input `index` into this thread's reusable aligned buffer for its shape (calls are
@@ -225,6 +235,24 @@ class Predictor:
         if self._on_cpu:
             return [np.from_dlpack(item) for item in items]  # fresh VM allocations: safe to share
         return [item.numpy() for item in items]
+
+    def _lean_call(self, args) -> list[np.ndarray] | None:
+        """The outputs when every input is a numpy array of the right dtype and shape at one built
+        batch size (then nothing else needs checking); None sends the call down the general path."""
+        functions = getattr(self._local, "functions", None)
+        if functions is None or len(args) != len(self._lean_specs) or not args:
+            return None
+        first = args[0]
+        function = functions.get(first.shape[0]) if type(first) is np.ndarray and first.ndim else None
+        if function is None:
+            return None
+        batch, tensors = first.shape[0], []
+        for index, (array, (dtype, tail)) in enumerate(zip(args, self._lean_specs)):
+            if type(array) is not np.ndarray or array.dtype != dtype or array.shape[1:] != tail \
+                    or array.shape[0] != batch:
+                return None
+            tensors.append(self._device_tensor(index, array))
+        return self._run(function, tensors)
 
     def __call__(self, *args, **kwargs):
         """The output array, or a tuple of them for multi-output models."""

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from accelc import runtime
+from accelc.errors import InputError
 from tests.fixtures.helpers import pair_eager, pair_inputs, shared_artifact
 
 
@@ -77,3 +78,33 @@ def test_eight_threads_share_one_predictor(predictor):
 
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(worker, range(8)))
+
+
+def test_a_call_that_fits_a_built_size_skips_the_general_checks(predictor, monkeypatch):
+    def general(*_):
+        raise AssertionError("the general path ran")
+    monkeypatch.setattr(predictor, "_prepare", general)
+    predictor(*pair_inputs(4, seed=5))  # make this thread's functions
+    for batch in predictor.sizes:
+        a, b = pair_inputs(batch, seed=6)
+        np.testing.assert_allclose(predictor(a, b), pair_eager(a, b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["dtype", "width", "batches", "scalar", "list", "unbuilt size"])
+def test_a_call_that_does_not_fit_takes_the_general_path(predictor, monkeypatch, case):
+    """The lean path only ever declines: inputs it does not vouch for get the general checks (and
+    their coded errors), and sizes that were not built are padded as before."""
+    a, b = pair_inputs(4, seed=7)
+    predictor(a, b)  # make this thread's functions
+    args = {"dtype": (a.astype(np.float64), b), "width": (a[:, :2], b), "batches": (a, b[:3]),
+            "scalar": (np.float32(1.0), b), "list": (a.tolist(), b), "unbuilt size": (a[:3], b[:3])}[case]
+    seen = []
+    general = predictor._prepare
+    monkeypatch.setattr(predictor, "_prepare", lambda *call: seen.append(1) or general(*call))
+    try:
+        got = predictor(*args)
+    except InputError as exc:
+        assert exc.code in ("E802", "E803")
+    else:
+        np.testing.assert_allclose(got, pair_eager(*(np.asarray(x, np.float32) for x in args)), rtol=1e-5, atol=1e-6)
+    assert seen
