@@ -131,6 +131,10 @@ def test_relax_has_uint8_x_int8_gemms_accumulating_in_int32(mlp_static):
 def test_machine_code_uses_the_avx2_int8_pair_multiply(mlp_static):
     code = machine_code(mlp_static[3])
     assert "vpmaddubsw" in code and "vpmaddwd" in code
+    # int32 accumulator tiles live on the stack (registers), not in a workspace allocated per tile
+    gemms = [body for name, body in re.findall(r"^(\w+):\n(.*?)\.cfi_endproc", code, re.M | re.S)
+             if "qgemm" in name or "qgemv" in name]
+    assert gemms and not any("TVMBackendAllocWorkspace" in body for body in gemms)
 
 
 def test_static_mlp_compiled_equals_its_quantized_graph_bit_for_bit(mlp_static):

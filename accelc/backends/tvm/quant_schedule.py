@@ -16,14 +16,14 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from .cpu_schedules import flat, root_blocks
+from .cpu_schedules import TILE_SCOPE, flat, root_blocks
 
 INTRIN = "accelc_dot_8x4_u8i8i32_avx2"
 
 
 @T.prim_func(s_tir=True)
 def _dot_desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
-              C: T.Buffer((8,), "int32", offset_factor=1, scope="local")) -> None:
+              C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
     with T.sblock("root"):
         T.reads(C[0:8], A[0:4], B[0:8, 0:4])
         T.writes(C[0:8])
@@ -36,7 +36,7 @@ def _dot_desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "
 
 @T.prim_func(s_tir=True)
 def _dot_avx2(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
-              C: T.Buffer((8,), "int32", offset_factor=1, scope="local")) -> None:
+              C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
     # One expression, no named temporaries: TVMScript would turn them into workspace buffers.
     with T.sblock("root"):
         T.reads(C[0:8], A[0:4], B[0:8, 0:4])
@@ -96,7 +96,7 @@ class QGemm(CPUScheduleRule):
             sch.reorder(mo, no, ko, mi, ni)
         for block in blocks[1:-1]:
             sch.compute_inline(block)
-        tile = sch.cache_write(gemm, 0, "local")  # accumulators stay in registers across k
+        tile = sch.cache_write(gemm, 0, TILE_SCOPE)  # accumulators stay in registers across k
         sch.reverse_compute_at(tile, no)
         if len(blocks) > 1:
             sch.reverse_compute_inline(blocks[-1])  # the epilogue runs as the tile is stored
@@ -122,7 +122,7 @@ def _gemv(sch, blocks):
     for block in blocks[1:-1]:
         sch.compute_inline(block)
     outer = sch.fuse(m, n)
-    tile = sch.cache_write(gemm, 0, "local")
+    tile = sch.cache_write(gemm, 0, TILE_SCOPE)
     sch.reverse_compute_at(tile, outer)
     if len(blocks) > 1:
         sch.reverse_compute_inline(blocks[-1])
