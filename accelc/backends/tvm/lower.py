@@ -64,8 +64,10 @@ def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
     Static functions are what MetaSchedule can tune and they run faster than a symbolic batch
     (benchmarks/batch_modes.py); weight transforms are shared by all of them.
     """
+    from . import conv_lower
     from .quant_lower import CONVERTERS, merge_function
-    custom_convert_map = {**CONVERTERS, **(custom_convert_map or {})}  # accelc's int8 ops, always known
+    cpu = conv_lower.CONVERTERS if target.kind.name == "llvm" else {}  # convolutions as im2col + matmul
+    custom_convert_map = {**CONVERTERS, **cpu, **(custom_convert_map or {})}  # accelc's int8 ops, always known
     mod, params, first = tvm.IRModule(), None, None
     for batch, program in programs.items():
         check_supported(program, custom_convert_map or {})

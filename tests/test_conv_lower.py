@@ -1,0 +1,53 @@
+"""float32 convolutions on CPU targets: im2col + the tiled matmul, equal to PyTorch on odd shapes;
+what it does not cover (groups, transposed, 1-D) still imports as TVM's own convolution."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import tvm
+
+from accelc.backends.tvm import lower
+from accelc.capture import _drop_guards
+from accelc.recipe import InputSpec
+
+TARGET = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"})
+
+
+def compile_and_run(model, x: np.ndarray):
+    graph = torch.export.export(model, (torch.from_numpy(x),)).module()
+    _drop_guards(graph)
+    spec = InputSpec(name="x", shape=["batch", *x.shape[1:]])
+    lowered = lower.to_relax(lower.export_programs(graph, [spec], [x.shape[0]]), TARGET)
+    vm = tvm.relax.VirtualMachine(lower.compile_module(lowered, TARGET), tvm.cpu())
+    params = vm["transform_params"]([tvm.runtime.tensor(p) for p in lowered.params.values()])
+    out = vm[lower.function_name(x.shape[0])](tvm.runtime.tensor(x), *params)
+    return out.numpy(), lowered.mod[lower.function_name(x.shape[0])].script()
+
+
+@pytest.mark.parametrize("conv", [
+    dict(in_channels=3, out_channels=8, kernel_size=3, padding=1),
+    dict(in_channels=5, out_channels=7, kernel_size=(3, 2), stride=2, padding=(1, 0), bias=False),
+    dict(in_channels=4, out_channels=6, kernel_size=3, dilation=2, padding=2),
+    dict(in_channels=16, out_channels=8, kernel_size=1),
+])
+def test_convolution_as_im2col_matches_torch(conv):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(**conv), torch.nn.ReLU(), torch.nn.Conv2d(conv["out_channels"], 3, 3)).eval()
+    x = np.random.default_rng(1).standard_normal((2, conv["in_channels"], 11, 9), dtype=np.float32)
+    got, main = compile_and_run(model, x)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert "R.nn.conv2d" not in main and main.count("im2col") >= 2 and "R.matmul" in main
+
+
+def test_grouped_convolution_keeps_tvms_lowering():
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(8, 8, 3, padding=1, groups=4).eval()
+    x = np.random.default_rng(2).standard_normal((1, 8, 6, 6), dtype=np.float32)
+    got, main = compile_and_run(model, x)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert "R.nn.conv2d" in main and "im2col" not in main
