@@ -209,11 +209,12 @@ class Predictor:
         """Zero-copy when the array is contiguous and aligned on the CPU; otherwise exactly one copy."""
         if not self._on_cpu:
             return self._tensor(np.ascontiguousarray(array), self.device)
+        # The alignment is read from the tensor: ndarray.ctypes costs ~3 us, and letting DLPack refuse
+        # a misaligned array (require_alignment) ~850 us for its error.
         if array.flags.c_contiguous:
-            try:  # DLPack checks the alignment itself (reading it from numpy costs more than the call)
-                return self._from_dlpack(array, require_alignment=ALIGN, require_contiguous=True)
-            except RuntimeError:  # not 64-byte aligned
-                pass
+            tensor = self._from_dlpack(array, require_contiguous=True)
+            if tensor.data_ptr() % ALIGN == 0:
+                return tensor
         return self._from_dlpack(self._staged(index, array), require_alignment=ALIGN, require_contiguous=True)
 
     def _staged(self, index: int, array: np.ndarray) -> np.ndarray:

@@ -108,3 +108,21 @@ def test_a_call_that_does_not_fit_takes_the_general_path(predictor, monkeypatch,
     else:
         np.testing.assert_allclose(got, pair_eager(*(np.asarray(x, np.float32) for x in args)), rtol=1e-5, atol=1e-6)
     assert seen
+
+
+def test_an_unaligned_input_is_never_refused_by_dlpack_first(predictor, monkeypatch):
+    """A refused DLPack import raises through the FFI (~850 us): alignment is checked before."""
+    refused, real = [], predictor._from_dlpack
+
+    def spy(array, **options):
+        try:
+            return real(array, **options)
+        except RuntimeError:
+            refused.append(options)
+            raise
+    monkeypatch.setattr(predictor, "_from_dlpack", spy)
+    a, b = pair_inputs(4, seed=8)
+    a_off = np.zeros(a.size + 1, np.float32)[1:].reshape(a.shape)
+    a_off[:] = a
+    np.testing.assert_allclose(predictor(a_off, b), pair_eager(a, b), rtol=1e-5, atol=1e-6)
+    assert not refused
