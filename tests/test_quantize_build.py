@@ -118,12 +118,19 @@ def test_relax_has_uint8_x_int8_gemms_accumulating_in_int32(mlp_static):
     assert "R.matmul" not in main and "R.nn.conv2d" not in main  # no float GEMM left for a quantized layer
     gemms = {gv.name_hint: f for gv, f in lowered.mod.functions.items() if gv.name_hint.startswith(("qgemm", "qgemv"))}
     assert sorted(gemms) == ["qgemm", "qgemm1", "qgemv"]  # two hidden layers, the one-logit head
+    fused = 0
     for name, func in gemms.items():
         text = func.script()
-        a, w, out = (str(p.dtype) for p in func.params)
-        assert (a, w, out) == ("uint8", "int8" if name == "qgemv" else "int8", "int32"), name
+        dtypes = [str(p.dtype) for p in func.params]
+        if dtypes[0] == "float32":  # a small batch's input quantize runs in the GEMM kernel (uint8 rows)
+            assert dtypes == ["float32", "float32", "int32", "int8", "int32"], name
+            assert re.search(r'qinput = T\.sblock_alloc_buffer\(.*"uint8"', text) or '"uint8"' in text, text
+            fused += 1
+        else:
+            assert dtypes == ["uint8", "int8", "int32"], name
         assert re.search(r'\+ T\.Cast\("int32", \w+\[.*\]\) \* T\.Cast\("int32", \w+\[.*\]\)', text), text
         assert f"R.call_tir({name}, " in main
+    assert fused == 2  # both hidden layers at batch 8 (the head's GEMV takes its uint8 input as it is)
     int8_params = [n for n, p in lowered.params.items() if p.dtype == np.int8]
     assert len(int8_params) == 3  # the weights travel as int8
 
@@ -143,6 +150,19 @@ def test_static_mlp_compiled_equals_its_quantized_graph_bit_for_bit(mlp_static):
     with torch.no_grad():
         want = graph(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(run(x), want, rtol=0, atol=1e-7)  # sigmoid's last bit may differ
+
+
+def test_static_mlp_above_the_fused_quantize_rows_equals_its_graph_too():
+    """Above FUSED_QUANTIZE_ROWS each quantize is fused into the previous kernel's epilogue instead."""
+    from accelc.backends.tvm.quant_lower import FUSED_QUANTIZE_ROWS
+    graph, report, specs = quantized(Mlp(), (12,), mode="static", min_outputs=1)
+    batch = FUSED_QUANTIZE_ROWS * 2
+    lowered, _, run = compile_graph(graph, specs, batch)
+    assert "qinput" not in lowered.mod.script()
+    x = np.random.default_rng(13).standard_normal((batch, 12)).astype(np.float32) * 2
+    with torch.no_grad():
+        want = graph(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run(x), want, rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize("config", [{"mode": "dynamic"}, {"mode": "static", "reduce_range": False},

@@ -90,6 +90,17 @@ def qgemm(a: te.Tensor, packed: te.Tensor, n: int, name: str) -> te.Tensor:
         a[i, k].astype("int32") * packed[j // 8, k // 4, j % 8, k % 4].astype("int32"), axis=k), name=name)
 
 
+def quantizing_qgemm(x: te.Tensor, inverse: te.Tensor, zero_point: te.Tensor, packed: te.Tensor, n: int,
+                     qmin: int, qmax: int) -> te.Tensor:
+    """`qgemm` of float32 rows quantized in the same kernel, with convert_quantize's arithmetic: a
+    small batch then makes one kernel call, not two (the quantize alone cost about what the whole
+    first layer does at batch 1)."""
+    from tvm import topi
+    clipped = topi.clip(topi.add(topi.round(topi.multiply(x, inverse)), topi.cast(zero_point, "float32")), qmin, qmax)
+    a = te.compute(x.shape, lambda i, k: clipped[i, k].astype("uint8"), name="qinput")
+    return qgemm(a, packed, n, "qgemm")
+
+
 def qgemv(a: te.Tensor, w: te.Tensor) -> te.Tensor:
     """The same sum for a few output columns (N not a multiple of 8, e.g. a one-logit head):
     W [N, K] row-major, so each output is one contiguous dot product."""
@@ -113,7 +124,14 @@ def _rows(value, rows: int, groups: int) -> relax.Expr:
 
 
 def int8_gemm(bb, a2d, zero_point, scale, w2d, w_scale, bias, groups: int, narrow: bool) -> relax.Expr:
-    """float32 [M, N] from uint8 a2d [M, K] and int8 w2d [N, K]: the GEMM and its epilogue."""
+    """float32 [M, N] from uint8 a2d [M, K] and int8 w2d [N, K]: the GEMM and its epilogue. a2d may
+    also be (float32 x, 1 / scale, zero point, qmin, qmax): quantized inside the GEMM kernel."""
+    if isinstance(a2d, tuple):
+        x, inverse, q_zero, qmin, qmax = a2d
+        rows, n = _shape(x)[0], _shape(w2d)[0]
+        acc = bb.emit_te(quantizing_qgemm, x, inverse, q_zero, pack_weight(bb, w2d), n, qmin, qmax,
+                         primfunc_name_hint="qgemm")
+        return _requantize(bb, acc, rows, zero_point, scale, w2d, w_scale, bias, groups)
     rows, depth = _shape(a2d)
     n = _shape(w2d)[0]
     if depth % 4:
@@ -124,6 +142,11 @@ def int8_gemm(bb, a2d, zero_point, scale, w2d, w_scale, bias, groups: int, narro
     else:
         name = "qgemm" if narrow else "qgemm_u8"
         acc = bb.emit_te(qgemm, a2d, pack_weight(bb, w2d), n, name, primfunc_name_hint=name)
+    return _requantize(bb, acc, rows, zero_point, scale, w2d, w_scale, bias, groups)
+
+
+def _requantize(bb, acc, rows: int, zero_point, scale, w2d, w_scale, bias, groups: int) -> relax.Expr:
+    """float32 from the int32 accumulator: zero-point correction, scales, bias."""
     colsum = relax.op.sum(relax.op.astype(w2d, "int32"), axis=[1])
     corrected = relax.op.subtract(acc, relax.op.multiply(_rows(zero_point, rows, groups), colsum))
     out = relax.op.multiply(relax.op.astype(corrected, "float32"),
@@ -135,6 +158,20 @@ def int8_gemm(bb, a2d, zero_point, scale, w2d, w_scale, bias, groups: int, narro
     return bb.emit(relax.op.add(out, bias) if bias is not None else out)
 
 
+FUSED_QUANTIZE_ROWS = 16  # up to this many rows the input's quantize runs inside the first GEMM
+
+
+def fusable_quantize(node: fx.Node, rows: int, n: int, depth: int):
+    """The quantize feeding this linear when it can run inside the GEMM kernel: static (0-d)
+    qparams, read by this layer only, a small batch, shapes the AVX2 kernel takes unpadded."""
+    q = node.args[0]
+    if not (seven_bit(q) and len(q.users) == 1 and rows <= FUSED_QUANTIZE_ROWS and n % 8 == 0 and depth % 4 == 0):
+        return None
+    scale, zero_point = q.args[1:3]
+    static = all(isinstance(v, fx.Node) and getattr(v.meta.get("val"), "shape", None) == () for v in (scale, zero_point))
+    return q if static else None
+
+
 def convert_linear_int8(node, importer):
     bb = importer.block_builder
     q, scale, zero_point, w, w_scale, bias = (_arg(importer, a) for a in node.args)
@@ -142,6 +179,10 @@ def convert_linear_int8(node, importer):
     rows, n = math.prod(shape[:-1]), _shape(w)[0]
     groups = rows if _shape(scale) else 1  # per-row qparams have the input's leading shape
     a2d = bb.emit(relax.op.reshape(q, [rows, shape[-1]])) if len(shape) != 2 else q
+    quantize = fusable_quantize(node, rows, n, shape[-1]) if len(shape) == 2 else None
+    if quantize is not None:
+        x, q_scale, q_zero = (_arg(importer, a) for a in quantize.args[:3])
+        a2d = (x, bb.emit(relax.op.divide(_f32(1.0), q_scale)), q_zero, *quantize.args[3:5])
     out = int8_gemm(bb, a2d, zero_point, scale, w, w_scale, bias, groups, seven_bit(node.args[0]))
     return bb.emit(relax.op.reshape(out, shape[:-1] + [n])) if len(shape) != 2 else out
 

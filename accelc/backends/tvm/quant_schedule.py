@@ -16,7 +16,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from .cpu_schedules import TILE_SCOPE, flat, root_blocks
+from .cpu_schedules import TILE_SCOPE, _lanes, flat, root_blocks
 
 INTRIN = "accelc_dot_8x4_u8i8i32_avx2"
 
@@ -74,10 +74,16 @@ class QGemm(CPUScheduleRule):
         if (found := root_blocks(self, func, target)) is None:
             return None
         sch, blocks = found
-        name = sch.get(blocks[0]).name_hint if blocks else None
-        if name == "qgemv":
+        names = [sch.get(b).name_hint for b in blocks]
+        if names[:1] == ["qgemv"]:
             return _gemv(sch, blocks)
-        if name not in ("qgemm", "qgemm_u8"):
+        if "qinput" in names:  # the input's quantize, computed in this kernel (quant_lower.quantizing_qgemm)
+            at = names.index("qinput")
+            for block in blocks[:at]:
+                sch.compute_inline(block)
+            flat(sch, blocks[at], _lanes(target))
+            blocks, names = blocks[at + 1:], names[at + 1:]
+        if names[:1] not in (["qgemm"], ["qgemm_u8"]):
             return None
         gemm = blocks[0]
         m, n, k = sch.get_loops(gemm)
