@@ -85,8 +85,8 @@ class Predictor:
         self.sizes = sorted(b for b in vm if b is not None)
         # The common call (numpy arrays by position, a built batch size, no per-value checks) skips
         # the general path: its checks and lookups cost ~10 us a call, 12% of the MLP at batch 256.
-        self._lean = (self._on_cpu and not reject_nonfinite and bool(self.sizes) and all(self._batched)
-                      and not any("range" in spec for spec in self.inputs))
+        self._lean = (self._on_cpu and not reject_nonfinite and bool(self.sizes) and bool(self.inputs)
+                      and all(self._batched) and not any("range" in spec for spec in self.inputs))
         self._lean_specs = [(dtype, dims[1:]) for dtype, dims in self._expect]
 
     def _thread_functions(self) -> dict:
@@ -241,7 +241,7 @@ class Predictor:
         """The outputs when every input is a numpy array of the right dtype and shape at one built
         batch size (then nothing else needs checking); None sends the call down the general path."""
         functions = getattr(self._local, "functions", None)
-        if functions is None or len(args) != len(self._lean_specs) or not args:
+        if functions is None or len(args) != len(self._lean_specs):
             return None
         first = args[0]
         function = functions.get(first.shape[0]) if type(first) is np.ndarray and first.ndim else None

@@ -67,7 +67,7 @@ def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
     from . import conv_lower
     from .quant_lower import CONVERTERS, merge_function
     cpu = conv_lower.CONVERTERS if target.kind.name == "llvm" else {}  # convolutions as im2col + matmul
-    custom_convert_map = {**CONVERTERS, **cpu, **(custom_convert_map or {})}  # accelc's int8 ops, always known
+    custom_convert_map = {**CONVERTERS, **cpu, **(custom_convert_map or {})}  # int8 ops: always known
     mod, params, first = tvm.IRModule(), None, None
     for batch, program in programs.items():
         check_supported(program, custom_convert_map or {})
