@@ -139,6 +139,22 @@ def test_records_for_one_target_never_reach_another(tuned):
         assert scheduled_funcs(tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(tunable)) == 0
 
 
+def test_records_measured_against_other_default_schedules_are_not_applied(tuned, monkeypatch, tmp_path):
+    """A record was kept because it beat the default schedule of its day; new default rules start over."""
+    repo = tuned[0]
+    target, root = target_of(repo), tmp_path / "tuning"
+    shutil.copytree(repo / ".accelc" / "tuning", root)
+    assert len(tune_db.open_database(root, target)) > 0
+    old_key = tune_db.database_key(target)
+    monkeypatch.setattr(tune_db, "defaults_digest", lambda: "0123456789abcdef")
+    assert tune_db.database_key(target) != old_key
+    fresh = tune_db.open_database(root, target)
+    assert len(fresh) == 0
+    with target, fresh:
+        assert scheduled_funcs(tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(
+            tunable_of(repo, target))) == 0
+
+
 def test_a_renamed_target_folder_is_refused(tuned, tmp_path):
     repo = tuned[0]
     haswell, skylake = target_of(repo), tune.tuning_target(tvm.target.Target(SKYLAKE), 1)

@@ -8,8 +8,10 @@ from tvm import relax
 
 def prepare_passes(target) -> list:
     """Target-independent clean-up before lowering."""
+    from .layout_sink import SinkLayoutTransforms
     return [
         relax.transform.DecomposeOpsForInference(),  # batch_norm etc. into elementwise ops
+        SinkLayoutTransforms,  # NHWC convolutions in NCHW models: the transposes between them cancel
         relax.transform.LiftTransformParams(shared_transform=True),  # weight transposes run once at load
         relax.transform.FoldConstant(),
     ]

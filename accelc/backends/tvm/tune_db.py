@@ -1,14 +1,19 @@
-"""The tuning database: one JSON database per (full target, TVM version) under a shared root.
+"""The tuning database: one JSON database per (full target, TVM version, default schedules) under a
+shared root.
 
 Records live under ROOT/<key>/ where key hashes the exported target and the TVM version, so
 records tuned for one target are never applied to another (TVM issue #15549: the JSON database
-itself ignores the target when it is queried). A corrupt or foreign folder is refused, never
+itself ignores the target when it is queried). The key also hashes accelc's default schedule rules:
+a search keeps a record only if it beat the default of its day, and a better default makes old
+records slower than the untuned build (seen after the register-tile change: tuned 1975 us vs
+untuned 1547 us on the MLP at batch 4096), so new defaults start a new database. A corrupt or foreign folder is refused, never
 rewritten: it may hold hours of measurements. The one exception is a torn last line: TVM appends
 each record with buffered writes, so a tuner killed mid-append leaves a line without its newline.
 That fragment is moved to a side file and the complete records before it are kept.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -23,9 +28,20 @@ FILES = ("workloads.json", "records.json")
 TARGET_FILE = "target.json"
 
 
+DEFAULT_RULES = ("cpu_schedules.py", "quant_schedule.py")  # what a kernel without records is scheduled by
+
+
+@functools.cache
+def defaults_digest() -> str:
+    digest = hashlib.sha256()
+    for name in DEFAULT_RULES:
+        digest.update((Path(__file__).with_name(name)).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def database_key(target) -> str:
     spec = json.dumps(tvm.target.Target(target).export(), sort_keys=True, default=str)
-    return hashlib.sha256(f"{spec}|tvm-{tvm.__version__}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{spec}|tvm-{tvm.__version__}|defaults-{defaults_digest()}".encode()).hexdigest()[:16]
 
 
 def folder_for(root: Path, target) -> Path:
@@ -52,7 +68,8 @@ def open_database(root: Path, target, where: str | None = None, log=print):
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / TARGET_FILE).exists():
             _write_atomically(folder / TARGET_FILE,
-                              json.dumps({"target": str(target), "tvm": tvm.__version__}) + "\n")
+                              json.dumps({"target": str(target), "tvm": tvm.__version__,
+                                          "default_schedules": defaults_digest()}) + "\n")
         for name in FILES:
             _set_aside_torn_line(folder / name, log)
         for name in FILES:  # records are appended during tuning: find out now, not after an hour
@@ -170,9 +187,10 @@ def _folder_target(folder: Path):
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise TuningError(f"{folder / TARGET_FILE} is unreadable: {exc}", code="E615") from None
     if database_key(target) != folder.name:
-        raise TuningError(f"{folder} is named for another target or TVM version than its {TARGET_FILE} says "
-                          f"({target}, this TVM {tvm.__version__})", code="E603",
-                          hint="merge only databases written by this TVM version; never rename their folders")
+        raise TuningError(f"{folder} is named for another target, TVM version or set of default schedules "
+                          f"than its {TARGET_FILE} and this accelc say ({target}, this TVM {tvm.__version__})",
+                          code="E603", hint="merge only databases written by this accelc and TVM version; "
+                                            "never rename their folders")
     return target
 
 

@@ -1,0 +1,132 @@
+"""Move layout changes (permute_dims, reshape) past elementwise ops, so inverse pairs meet and cancel.
+
+Convolutions on CPU targets run as NHWC im2col + matmul (conv_lower.py) inside a model written
+in NCHW: each one ends with NHWC -> NCHW, and the next one starts with NCHW -> NHWC, with the
+ReLU or residual add between them in NCHW. On resnet_small 12 of 19 kernels were such copies and
+elementwise passes (~130 of 280 us at batch 1). Once every elementwise op runs on the
+un-permuted, un-reshaped tensor the pairs cancel, and bias, residual add and ReLU fuse into the
+matmul's epilogue.
+
+Rules, applied until nothing changes (each keeps the values exactly):
+  f(layout(y))                   -> layout(f(y))          f unary elementwise
+  g(layout(a), layout(b))        -> layout(g(a, b))       same layout, a and b the same shape
+  permute(permute(y, p), q)      -> y, or one permute     (composed)
+  mean(permute(y, p), axes, keepdims) -> permute(mean(y, p[axes], keepdims), p)
+"""
+from __future__ import annotations
+
+import math
+
+import tvm
+import tvm_ffi
+from tvm import relax
+from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+UNARY = ("relax.nn.relu", "relax.sigmoid", "relax.tanh", "relax.nn.gelu", "relax.nn.silu", "relax.exp",
+         "relax.negative", "relax.abs", "relax.sqrt")
+BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum")
+LAYOUTS = ("relax.permute_dims", "relax.reshape")
+MAX_ROUNDS = 64  # each round moves every layout op at least one op down; models are far shallower
+
+
+def _layout_of(value):
+    """A pattern for permute_dims/reshape of `value` (reshape carries its shape as a second argument)."""
+    return (is_op("relax.permute_dims")(value), is_op("relax.reshape")(value, wildcard()))
+
+
+def _axes(permute) -> list[int]:
+    axes = permute.attrs.axes
+    return list(range(len(permute.args[0].ty.shape)))[::-1] if axes is None else [int(a) for a in axes]
+
+
+def _same_layout(first, second) -> bool:
+    if first.op.name != second.op.name:
+        return False
+    if first.op.name == "relax.permute_dims":
+        return _axes(first) == _axes(second)
+    return tvm_ffi.structural_equal(first.ty.shape, second.ty.shape)
+
+
+def _redo(layout, value):
+    """The layout change `layout` applied to `value` instead of its original input."""
+    if layout.op.name == "relax.permute_dims":
+        return relax.op.permute_dims(value, _axes(layout))
+    return relax.op.reshape(value, layout.args[1])
+
+
+def _static_shape(expr) -> list[int] | None:
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        return None
+    return [int(d) for d in shape]
+
+
+def _sink_through_elementwise(func):
+    y, a, b = wildcard(), wildcard(), wildcard()
+    for moved in _layout_of(y):
+        for op in UNARY:
+            func = rewrite_call(is_op(op)(moved), lambda call, m, moved=moved: _redo(
+                m[moved], relax.Call(call.op, [m[y]], call.attrs)), func)
+    for left, right in zip(_layout_of(a), _layout_of(b)):
+        def binary(call, m, left=left, right=right):
+            shape = _static_shape(m[a])
+            if (shape is None or shape != _static_shape(m[b]) or m[a].ty.dtype != m[b].ty.dtype
+                    or not _same_layout(m[left], m[right])):
+                return call
+            return _redo(m[left], relax.Call(call.op, [m[a], m[b]], call.attrs))
+        for op in BINARY:
+            func = rewrite_call(is_op(op)(left, right), binary, func)
+    return func
+
+
+def _cancel_permutes(func):
+    y = wildcard()
+    inner = is_op("relax.permute_dims")(y)
+
+    def cancel(call, m):
+        first, second = _axes(m[inner]), _axes(call)
+        composed = [first[i] for i in second]
+        return m[y] if composed == sorted(composed) else relax.op.permute_dims(m[y], composed)
+
+    def mean(call, m):
+        if not call.attrs.keepdims or call.attrs.axis is None:
+            return call
+        axes = _axes(m[inner])
+        return relax.op.permute_dims(relax.op.mean(m[y], [axes[int(i) % len(axes)] for i in call.attrs.axis],
+                                                   keepdims=True), axes)
+
+    func = rewrite_call(is_op("relax.permute_dims")(inner), cancel, func)
+    return rewrite_call(is_op("relax.mean")(inner), mean, func)
+
+
+def _permuted_elements(func: relax.Function) -> int:
+    """How many elements the function's transposes copy (a reshape is a view)."""
+    total = 0
+
+    def visit(expr):
+        nonlocal total
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.permute_dims":
+            shape = _static_shape(expr)
+            total += math.prod(shape) if shape is not None else 1
+    relax.analysis.post_order_visit(func.body, visit)
+    return total
+
+
+def sink_layouts(func: relax.Function) -> relax.Function:
+    """`func` with its layout changes moved down and cancelled; unchanged when that would copy more
+    (a transposed tensor that other ops still read keeps its transpose, and one more is added)."""
+    new = func
+    for _ in range(MAX_ROUNDS):
+        moved = _cancel_permutes(_sink_through_elementwise(new))
+        if moved.same_as(new) or tvm_ffi.structural_equal(moved, new):
+            break
+        new = moved
+    return new if _permuted_elements(new) <= _permuted_elements(func) else func
+
+
+@tvm.transform.module_pass(opt_level=0, name="SinkLayoutTransforms")
+def SinkLayoutTransforms(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 (a TVM pass)
+    updates = {gv: sink_layouts(func) for gv, func in mod.functions.items() if isinstance(func, relax.Function)}
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod
