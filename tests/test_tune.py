@@ -96,7 +96,8 @@ def test_records_round_trip_and_are_applied(tuned):
     repo, summary, _, built = tuned
     target = target_of(repo)
     reopened = tune_db.open_database(repo / ".accelc" / "tuning", target)  # what a fresh process sees
-    assert len(reopened) == summary["trials"] + built.manifest["tuning"]["trials"]
+    measured = tune_db.schedules(reopened.get_all_tuning_records())  # confirmation measures some twice
+    assert measured == summary["trials"] + built.manifest["tuning"]["trials"]
     with target, reopened:
         applied = tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(tunable_of(repo, target))
     assert scheduled_funcs(applied) == 2
@@ -121,6 +122,38 @@ def test_the_default_schedule_as_a_record_replays_to_the_default_build(tuned):
     assert len(kernels) == 2
     for name, func in kernels:
         tvm.ir.assert_structural_equal(func.body, direct[name].body)
+
+
+def test_confirmation_measures_the_default_and_the_best_side_by_side(tuned):
+    """The search kept another schedule because the default was measured while the machine was busy
+    (planted: 10 s against 1 s). Confirmation measures both again, alternately, and their fresh
+    times decide: the planted ordering is gone, and the winner is the faster of the two."""
+    repo = tuned[0]
+    target = target_of(repo)
+    ms = tvm.s_tir.meta_schedule
+    database, tasks, traces = ms.database.MemoryDatabase(), [], []
+    for task in ms.relax_integration.extract_tasks(tunable_of(repo, target), target):
+        mod = task.dispatched[0]
+        workload = database.commit_workload(mod)
+        default = tune_ms.default_candidate(mod, target)
+        other = tvm.s_tir.Schedule(mod)  # the plain loop nest, innermost loop unrolled
+        other.unroll(other.get_loops(other.get_child_blocks(other.get_sblock("root"))[0])[-1])
+        for trace, secs in ((default.sch.trace, 10.0), (other.trace, 1.0)):
+            database.commit_tuning_record(ms.database.TuningRecord(trace, workload, [secs], target, default.args_info))
+        assert tune_ms._same_trace(database.get_top_k(workload, 1)[0].trace, other.trace)
+        tasks.append(task)
+        traces.append((default.sch.trace, other.trace))
+    kept = tune_ms.confirm(tasks, ms.runner.LocalRunner(timeout_sec=30), database, lambda _: None)
+    defaults_won = 0
+    for task, (default, other) in zip(tasks, traces):
+        records = database.get_top_k(database.commit_workload(task.dispatched[0]), 4)
+        fresh = {name: min(float(r.run_secs[0].value) for r in records if tune_ms._same_trace(r.trace, trace))
+                 for name, trace in (("default", default), ("other", other))}
+        assert max(fresh.values()) < 1.0  # both measured again, for real
+        assert float(records[0].run_secs[0].value) == min(fresh.values())
+        defaults_won += fresh["default"] <= fresh["other"]
+        assert tune_ms._same_trace(records[0].trace, default) == (fresh["default"] <= fresh["other"])
+    assert kept == defaults_won
 
 
 def test_records_for_one_target_never_reach_another(tuned):

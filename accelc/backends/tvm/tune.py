@@ -94,7 +94,7 @@ def tune(mod: tvm.IRModule, target, root: Path, section, *, mode: str = "missing
     reduces = [find_anchor_sblock(t.dispatched[0]) is not None for t in found]
     tasks = [t for t, r in zip(found, reduces) if r] + [t for t, r in zip(found, reduces) if not r]
     names, tunable = [t.task_name for t in tasks], sum(reduces)
-    prior = [len(tune_db.task_records(database, t.dispatched[0])) for t in tasks[:tunable]]
+    prior = [tune_db.schedules(tune_db.task_records(database, t.dispatched[0])) for t in tasks[:tunable]]
     caps, total = plan(prior, section.trials, section.per_task, mode) if prior else ([], 0)
     chosen = [i for i, cap in enumerate(caps) if cap != 0]
     log(f"  tuning {len(chosen)} of {len(tasks)} kernel(s) ({tunable - len(chosen)} already have their records, "
@@ -103,8 +103,10 @@ def tune(mod: tvm.IRModule, target, root: Path, section, *, mode: str = "missing
         f"{f', {section.time_budget:g} s' if section.time_budget else ''}; measuring on {runner_text}")
     progress = tune_ms.Progress([names[i] for i in chosen], section.time_budget, log)
     if chosen and total > 0:
-        tune_ms.run([tasks[i] for i in chosen], [caps[i] for i in chosen], total, _runner(section), database,
+        runner = _runner(section)
+        tune_ms.run([tasks[i] for i in chosen], [caps[i] for i in chosen], total, runner, database,
                     progress, tune_db.folder_for(root, target) / "logs", workers)
+        tune_ms.confirm([tasks[i] for i in chosen], runner, database, log)
     return _summary(tasks, tunable, chosen, progress, database, root, target, runner_text), database
 
 
@@ -121,7 +123,7 @@ def _summary(tasks, tunable: int, chosen, progress: tune_ms.Progress, database, 
         status = "default" if best is None or best >= 1e9 else ("tuned" if new.get(i) else "reused")
         if i >= tunable and status == "default":
             status = "elementwise"  # the default schedule by design (records from elsewhere would still apply)
-        rows.append({"kernel": task.task_name, "weight": int(task.weight), "trials": len(records),
+        rows.append({"kernel": task.task_name, "weight": int(task.weight), "trials": tune_db.schedules(records),
                      "new_trials": new.get(i, 0), "best_us": round(best * 1e6, 3) if status in ok else None,
                      "gflops": round(flops / best / 1e9, 2) if flops and status in ok else None,
                      "status": status})

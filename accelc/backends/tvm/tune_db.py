@@ -141,6 +141,11 @@ def task_records(database, mod) -> list:
     return list(database.get_top_k(database.commit_workload(mod), 1 << 30))
 
 
+def schedules(records) -> int:
+    """How many distinct schedules the records measured (confirmation measures some twice)."""
+    return len({str(record.trace.as_json(remove_postproc=True)) for record in records})
+
+
 def best_seconds(record) -> float:
     secs = [float(s) for s in record.run_secs]
     return sum(secs) / len(secs)
