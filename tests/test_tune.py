@@ -72,6 +72,7 @@ def test_time_budget_stops_after_the_first_batch_and_keeps_it(tuned):
     tuned_row, default_row = sorted(summary["kernels"], key=lambda row: row["status"], reverse=True)
     assert tuned_row["status"] == "tuned" and tuned_row["best_us"] > 0 and tuned_row["trials"] == 5
     assert default_row["status"] == "default" and default_row["best_us"] is None and default_row["trials"] == 0
+    assert tuned_row["schedule"] in ("default", "searched") and default_row["schedule"] is None
     assert any("kernels done, 5 trials" in line for line in lines)  # the live progress line
     assert any("1/2 kernels tuned, 1 on default schedules" in line for line in lines)  # the summary table
 
@@ -140,19 +141,19 @@ def test_confirmation_measures_the_default_and_the_best_side_by_side(tuned):
         other.unroll(other.get_loops(other.get_child_blocks(other.get_sblock("root"))[0])[-1])
         for trace, secs in ((default.sch.trace, 10.0), (other.trace, 1.0)):
             database.commit_tuning_record(ms.database.TuningRecord(trace, workload, [secs], target, default.args_info))
-        assert tune_ms._same_trace(database.get_top_k(workload, 1)[0].trace, other.trace)
+        assert tune_ms.same_trace(database.get_top_k(workload, 1)[0].trace, other.trace)
         tasks.append(task)
         traces.append((default.sch.trace, other.trace))
     kept = tune_ms.confirm(tasks, ms.runner.LocalRunner(timeout_sec=30), database, lambda _: None)
     defaults_won = 0
     for task, (default, other) in zip(tasks, traces):
         records = database.get_top_k(database.commit_workload(task.dispatched[0]), 4)
-        fresh = {name: min(float(r.run_secs[0].value) for r in records if tune_ms._same_trace(r.trace, trace))
+        fresh = {name: min(float(r.run_secs[0].value) for r in records if tune_ms.same_trace(r.trace, trace))
                  for name, trace in (("default", default), ("other", other))}
         assert max(fresh.values()) < 1.0  # both measured again, for real
         assert float(records[0].run_secs[0].value) == min(fresh.values())
         defaults_won += fresh["default"] <= fresh["other"]
-        assert tune_ms._same_trace(records[0].trace, default) == (fresh["default"] <= fresh["other"])
+        assert tune_ms.same_trace(records[0].trace, default) == (fresh["default"] <= fresh["other"])
     assert kept == defaults_won
 
 

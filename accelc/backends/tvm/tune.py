@@ -121,12 +121,15 @@ def _summary(tasks, tunable: int, chosen, progress: tune_ms.Progress, database, 
         except Exception:  # an op the estimator does not know: no GFLOP/s column for it
             flops = None
         status = "default" if best is None or best >= 1e9 else ("tuned" if new.get(i) else "reused")
+        default = tune_ms.default_candidate(task.dispatched[0], task.target) if status in ok else None
+        winner = None if default is None else (
+            "default" if tune_ms.same_trace(records[0].trace, default.sch.trace) else "searched")
         if i >= tunable and status == "default":
             status = "elementwise"  # the default schedule by design (records from elsewhere would still apply)
         rows.append({"kernel": task.task_name, "weight": int(task.weight), "trials": tune_db.schedules(records),
                      "new_trials": new.get(i, 0), "best_us": round(best * 1e6, 3) if status in ok else None,
                      "gflops": round(flops / best / 1e9, 2) if flops and status in ok else None,
-                     "status": status})
+                     "status": status, "schedule": winner})
     tuned = sum(r["status"] in ok for r in rows)
     stopped = progress.stopped or ("budget" if chosen else "nothing to tune")
     return {"tasks": len(tasks), "tuned_tasks": tuned, "defaulted_tasks": len(tasks) - tuned,
@@ -141,12 +144,13 @@ def format_summary(summary: dict) -> str:
     lines = [f"  tuning: {summary['tuned_tasks']}/{summary['tasks']} kernels tuned, {summary['defaulted_tasks']} "
              f"on default schedules; {summary['trials']} trials in {summary['seconds']:g} s "
              f"(stopped by {summary['stopped_by']}) on {summary['runner']}",
-             f"    {'kernel':<36} {'weight':>6} {'trials':>7} {'new':>5} {'best us':>10} {'GFLOP/s':>8}  status"]
+             f"    {'kernel':<36} {'weight':>6} {'trials':>7} {'new':>5} {'best us':>10} {'GFLOP/s':>8}  status  "
+             "best schedule"]
     for row in summary["kernels"]:
         best = f"{row['best_us']:.2f}" if row["best_us"] is not None else "-"
         gflops = f"{row['gflops']:.1f}" if row["gflops"] is not None else "-"
         lines.append(f"    {row['kernel'][:36]:<36} {row['weight']:>6} {row['trials']:>7} {row['new_trials']:>5} "
-                     f"{best:>10} {gflops:>8}  {row['status']}")
+                     f"{best:>10} {gflops:>8}  {row['status']:<6}  {row.get('schedule') or '-'}")
     if summary.get("first_error"):
         lines.append(f"    first failed measurement: {summary['first_error']}")
     return "\n".join(lines)

@@ -6,10 +6,11 @@ records tuned for one target are never applied to another (TVM issue #15549: the
 itself ignores the target when it is queried). The key also hashes accelc's default schedule rules:
 a search keeps a record only if it beat the default of its day, and a better default makes old
 records slower than the untuned build (seen after the register-tile change: tuned 1975 us vs
-untuned 1547 us on the MLP at batch 4096), so new defaults start a new database. A corrupt or foreign folder is refused, never
-rewritten: it may hold hours of measurements. The one exception is a torn last line: TVM appends
-each record with buffered writes, so a tuner killed mid-append leaves a line without its newline.
-That fragment is moved to a side file and the complete records before it are kept.
+untuned 1547 us on the MLP at batch 4096), so new defaults start a new database. A corrupt or
+foreign folder is refused, never rewritten: it may hold hours of measurements. The one exception
+is a torn last line: TVM appends each record with buffered writes, so a tuner killed mid-append
+leaves a line without its newline. That fragment is moved to a side file and the complete records
+before it are kept.
 """
 from __future__ import annotations
 

@@ -212,7 +212,10 @@ def run(tasks: list, caps: list, total: int, runner, database, progress: Progres
 
 
 CONFIRM_ROUNDS = 3  # each kernel's default and best schedule re-measured this often, alternately
-DEVICE_TYPES = {"llvm": "cpu"}  # target kind -> the runner's device name
+
+
+def _device_type(target) -> str:
+    return "cpu" if target.kind.name == "llvm" else target.kind.name
 
 
 def confirm(tasks: list, runner, database, log) -> int:
@@ -221,25 +224,42 @@ def confirm(tasks: list, runner, database, log) -> int:
     winner can be a candidate measured in a quiet moment against a default measured in a busy one
     (seen here: tuned builds slower than untuned ones); measured alternately, the two see the same
     machine. Returns how many kernels keep their default schedule."""
-    from tvm.s_tir import Schedule
-    pairs, kept = [], 0
-    for task in tasks:
-        mod = task.dispatched[0]
-        default, records = default_candidate(mod, task.target), database.get_top_k(database.commit_workload(mod), 1)
-        if default is None or not records:  # nothing measured (budget spent first): the default stands anyway
-            continue
-        candidates = [default]
-        if records and not _same_trace(records[0].trace, default.sch.trace):
-            best = Schedule(mod)
-            records[0].trace.apply_to_schedule(best, remove_postproc=False)
-            candidates.append(ms.search_strategy.MeasureCandidate(best, records[0].args_info))
-        pairs.append((task, mod, candidates))
-    inputs = [(task, mod, c) for task, mod, candidates in pairs for c in candidates]
-    built = _InProcessBuilder().build([ms.builder.BuilderInput(c.sch.mod, task.target) for task, _, c in inputs])
-    runs = [ms.runner.RunnerInput(b.artifact_path, DEVICE_TYPES.get(task.target.kind.name, task.target.kind.name),
-                                  c.args_info)
-            for (task, _, c), b in zip(inputs, built) if b.error_msg is None]
+    kernels = [(task, found) for task in tasks if (found := _default_and_best(task, database))]
+    inputs = [(task, candidate) for task, candidates in kernels for candidate in candidates]
+    built = _InProcessBuilder().build([ms.builder.BuilderInput(c.sch.mod, task.target) for task, c in inputs])
     usable = [item for item, b in zip(inputs, built) if b.error_msg is None]
+    fastest = _fastest(runner, [ms.runner.RunnerInput(b.artifact_path, _device_type(task.target), c.args_info)
+                                for (task, c), b in zip(inputs, built) if b.error_msg is None])
+    for (task, candidate), secs in zip(usable, fastest):
+        if secs is not None:
+            mod = task.dispatched[0]
+            database.commit_tuning_record(ms.database.TuningRecord(
+                candidate.sch.trace, database.commit_workload(mod), [secs], task.target, candidate.args_info))
+    kept = sum(same_trace(database.get_top_k(database.commit_workload(task.dispatched[0]), 1)[0].trace,
+                           candidates[0].sch.trace) for task, candidates in kernels)
+    failed = len(inputs) - sum(secs is not None for secs in fastest)
+    failures = f" ({failed} candidate(s) failed to build or run)" if failed else ""
+    log(f"  tuning: {len(kernels)} kernel(s) confirmed by {CONFIRM_ROUNDS} alternate measurements of their default "
+        f"and best schedules; {kept} keep the default{failures}")
+    return kept
+
+
+def _default_and_best(task, database) -> list:
+    """[default, best record] as measure candidates ([default] when it is the best; [] without records)."""
+    from tvm.s_tir import Schedule
+    mod = task.dispatched[0]
+    default, records = default_candidate(mod, task.target), database.get_top_k(database.commit_workload(mod), 1)
+    if default is None or not records:  # nothing measured (budget spent first): the default stands anyway
+        return []
+    if same_trace(records[0].trace, default.sch.trace):
+        return [default]
+    best = Schedule(mod)
+    records[0].trace.apply_to_schedule(best, remove_postproc=False)
+    return [default, ms.search_strategy.MeasureCandidate(best, records[0].args_info)]
+
+
+def _fastest(runner, runs: list) -> list:
+    """Each run's fastest time over CONFIRM_ROUNDS rounds of all runs in turn (None: it never ran)."""
     fastest = [None] * len(runs)
     for _ in range(CONFIRM_ROUNDS):
         for i, future in enumerate(runner.run(runs)):
@@ -247,19 +267,9 @@ def confirm(tasks: list, runner, database, log) -> int:
             if result.error_msg is None and result.run_secs:
                 secs = min(float(s) for s in result.run_secs)
                 fastest[i] = secs if fastest[i] is None else min(fastest[i], secs)
-    for (task, mod, candidate), secs in zip(usable, fastest):
-        if secs is not None:
-            database.commit_tuning_record(ms.database.TuningRecord(
-                candidate.sch.trace, database.commit_workload(mod), [secs], task.target, candidate.args_info))
-    for task, mod, candidates in pairs:
-        top = database.get_top_k(database.commit_workload(mod), 1)
-        kept += bool(top) and _same_trace(top[0].trace, candidates[0].sch.trace)
-    failed = sum(secs is None for secs in fastest) + len(inputs) - len(usable)
-    log(f"  tuning: {len(pairs)} kernel(s) confirmed by {CONFIRM_ROUNDS} alternate measurements of their default "
-        f"and best schedules; {kept} keep the default{f' ({failed} candidate(s) failed to build or run)' if failed else ''}")
-    return kept
+    return fastest
 
 
-def _same_trace(first, second) -> bool:
+def same_trace(first, second) -> bool:
     import tvm_ffi
     return tvm_ffi.structural_equal(first.as_json(remove_postproc=True), second.as_json(remove_postproc=True))
