@@ -164,3 +164,23 @@ def test_avx512_target_runs_rows_narrower_than_a_register_as_8_lane_vectors():
     np.testing.assert_allclose(got, head(torch.from_numpy(x[:, :1].repeat(40, 1))).detach().numpy(),
                                rtol=1e-5, atol=1e-6)
     assert "matmul_rf" in script
+
+
+class Pools(torch.nn.Module):
+    """A channels-last global average pool and a column sum (kept axis innermost), then a row sum
+    (the contiguous axis reduced: not the kept-inner rule's case)."""
+
+    def forward(self, x):
+        pooled = x.mean(dim=(1, 2), keepdim=True)
+        return pooled.flatten(1) + x.sum(dim=1).sum(dim=1) + x.sum(dim=-1).sum(dim=(1, 2), keepdim=True)[:, :, 0]
+
+
+@pytest.mark.parametrize("channels", [16, 12, 7])
+def test_reductions_over_outer_axes_run_the_kept_axis_in_vectors_and_match_torch(channels):
+    x = np.random.default_rng(channels).standard_normal((3, 5, 6, channels), dtype=np.float32)
+    got, _, source = compile_and_run(Pools(), [x], [InputSpec(name="x", shape=["batch", 5, 6, channels])])
+    np.testing.assert_allclose(got, Pools()(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-4)
+    mean = source[source.index("def mean"):].split("@T.prim_func")[0]
+    # the reduced axes outside, the channels inside them (in vectors when they divide into 4+ lanes)
+    assert re.search(r"for \w+, \w+, \w+ in T\.grid\(T\.int64\(5\), T\.int64\(6\), ", mean) or channels % 4, mean
+    assert ("T.vectorized" in mean.split("_update")[0]) == (channels % 4 == 0), mean

@@ -132,6 +132,42 @@ class Elementwise(CPUScheduleRule):
         return sch
 
 
+class InnerKeptReduction(CPUScheduleRule):
+    """Sums over outer axes into a kept innermost axis (a global average pool over NHWC, a column
+    sum): the reduced axes run outside the kept one, which is vectorised, so each step adds whole
+    rows. TVM's CPU reduction rule summed every channel on its own with a strided scalar loop
+    (resnet_small's pool: ~7 us, MetaSchedule found 1.9 us)."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if (found := root_blocks(self, func, target)) is None:
+            return None
+        sch, blocks = found
+        if not blocks:
+            return None
+        block = blocks[0]
+        iters, loops = sch.get(block).iter_vars, sch.get_loops(block)
+        kinds = [iv.iter_type for iv in iters]
+        reads = sch.get(block).reads
+        if (len(loops) != len(iters) or tirx.IterVar.CommReduce not in kinds or len(reads) != 1
+                or any(k not in (tirx.IterVar.DataPar, tirx.IterVar.CommReduce) for k in kinds)
+                or any(iv.iter_type != tirx.IterVar.DataPar for b in blocks[1:] for iv in sch.get(b).iter_vars)):
+            return None
+        spatial = [i for i, k in enumerate(kinds) if k == tirx.IterVar.DataPar]
+        if not spatial or not reads[0].region[-1].min.same_as(iters[spatial[-1]].var):
+            return None  # the input's contiguous axis is reduced (a row sum): not this rule's case
+        width = _extent(sch, loops[spatial[-1]])
+        lanes = _vector_width(width, _lanes(target)) if width else None
+        if lanes is None:
+            return None
+        reduced = [loops[i] for i, k in enumerate(kinds) if k == tirx.IterVar.CommReduce]
+        sch.reorder(*[loops[i] for i in spatial[:-1]], *reduced, loops[spatial[-1]])
+        sch.vectorize(sch.split(loops[spatial[-1]], [None, lanes])[1])
+        sch.decompose_reduction(block, reduced[0])
+        for later in blocks[1:]:
+            flat(sch, later, _lanes(target))
+        return sch
+
+
 PARALLEL_MIN = 1 << 14  # elements worth the thread pool's wake-up
 
 

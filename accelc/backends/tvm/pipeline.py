@@ -32,11 +32,12 @@ def cpu_pipeline(target, database=None) -> list:
     from tvm.relax.backend.cpu_generic import pipeline as backend
     from tvm.s_tir import dlight
 
-    from .cpu_schedules import Elementwise, Matmul
+    from .cpu_schedules import Elementwise, InnerKeptReduction, Matmul
     from .quant_schedule import Im2col, QGemm
     passes = _backend_passes(backend, target, database)
     # Kernels without a tuning record get a default schedule instead of naive loops.
-    defaults = dlight.ApplyDefaultSchedule(QGemm(), Im2col(), Matmul(), dlight.cpu.GEMV(), dlight.cpu.Reduction(),
+    defaults = dlight.ApplyDefaultSchedule(QGemm(), Im2col(), Matmul(), dlight.cpu.GEMV(), InnerKeptReduction(),
+                                           dlight.cpu.Reduction(),
                                            Elementwise())
     at = next(i for i, p in enumerate(passes) if p.info.name == "RewriteDataflowReshape")
     return passes[:at] + [defaults] + passes[at:]
