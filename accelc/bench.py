@@ -121,16 +121,19 @@ def compare(model, inputs: list[np.ndarray], systems: dict[str, Callable], threa
     """Rows of {system, p50_us, p99_us, gflops, bound_pct} (or a skip note), same inputs for all.
     Systems take turns: `rounds` rounds of calls / rounds calls each, reporting the median of the
     rounds' p50 and p99, so that a busy neighbour on a shared machine slows every system alike
-    instead of whichever ran while it was busy."""
+    instead of whichever ran while it was busy. Each round starts one system later than the last:
+    in a fixed order the first system always ran after the same other one (with its caches) and
+    first after any pause."""
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
     candidates = {**systems, **(peer_callables(model, inputs, threads) if peers else {})}
     flops, bound = model_flops(model, inputs), fma_bound_gflops(threads)
     runnable = {name: fn for name, fn in candidates.items() if not isinstance(fn, str)}
     timings: dict[str, list[dict]] = {name: [] for name in runnable}
     rounds = max(1, rounds)
+    names = list(runnable)
     for round_ in range(rounds):
-        for name, fn in runnable.items():
-            timings[name].append(time_calls(fn, max(1, calls // rounds), warmup=100 if round_ == 0 else 10))
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            timings[name].append(time_calls(runnable[name], max(1, calls // rounds), warmup=100 if round_ == 0 else 10))
     rows = []
     for name, fn in candidates.items():
         if isinstance(fn, str):
