@@ -262,8 +262,9 @@ def _manifest(loaded, spec, captured: capture.Captured, programs, lowered, pass_
         "batch": recipe.model.batch,
         "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype,
                     **({"columns": s.columns} if s.columns else {}), **({"units": s.units} if s.units else {}),
-                    **({"range": list(s.range)} if s.range else {})}
-                   for s in recipe.model.inputs],
+                    **({"range": list(s.range)} if s.range else {}),
+                    **({"unaligned": True} if i in lowered.unaligned_inputs else {})}  # no 64-byte copy needed
+                   for i, s in enumerate(recipe.model.inputs)],
         "outputs": [{"name": n, "shape": ["batch" if i == 0 and r.ndim and r.shape[0] == batch else d
                                           for i, d in enumerate(r.shape)], "dtype": str(r.dtype)}
                     for n, r in zip(captured.output_names, reference)],

@@ -65,6 +65,9 @@ class Predictor:
         self._expect = [(np.dtype(spec["dtype"]), tuple(None if d == "batch" else int(d) for d in spec["shape"]))
                         for spec in self.inputs]
         self._batched = [spec["shape"][:1] == ["batch"] for spec in self.inputs]
+        # Bytes each input's address must be a multiple of: TVM's 64, or the element's size where the
+        # build declared the kernels reading it unaligned (input_alignment.py): then no copy.
+        self._align = [np.dtype(spec["dtype"]).itemsize if spec.get("unaligned") else ALIGN for spec in self.inputs]
         self._out_batched = [spec["shape"][:1] == ["batch"] for spec in self.outputs]
         self._local = threading.local()
         if not self._on_cpu:
@@ -213,7 +216,7 @@ class Predictor:
         # a misaligned array (require_alignment) ~850 us for its error.
         if array.flags.c_contiguous:
             tensor = self._from_dlpack(array, require_contiguous=True)
-            if tensor.data_ptr() % ALIGN == 0:
+            if tensor.data_ptr() % self._align[index] == 0:
                 return tensor
         return self._staged(index, array)
 

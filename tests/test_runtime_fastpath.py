@@ -2,6 +2,8 @@
 and one predictor shared by many threads."""
 from __future__ import annotations
 
+import json
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -24,12 +26,24 @@ def test_aligned_input_is_passed_zero_copy(predictor):
     assert np.from_dlpack(tensor).ctypes.data == array.ctypes.data  # the same buffer, no copy
 
 
-def test_unaligned_input_is_copied_once_into_an_aligned_buffer(predictor):
+def test_input_the_kernels_take_unaligned_is_passed_in_place(predictor):
     raw = np.zeros(4 * 3 + 1, np.float32)
     array = raw[1:].reshape(4, 3)  # 4-byte offset: never 64-byte aligned
-    assert array.ctypes.data % runtime.ALIGN != 0
-    tensor = predictor._device_tensor(0, array)
-    view = np.from_dlpack(tensor)
+    assert array.ctypes.data % runtime.ALIGN != 0 and predictor.inputs[0]["unaligned"]
+    assert np.shares_memory(np.from_dlpack(predictor._device_tensor(0, array)), array)
+
+
+def test_input_needing_64_byte_alignment_is_copied_once_into_an_aligned_buffer(tmp_path):
+    """An artifact whose manifest does not mark its inputs unaligned (built before accelc did)."""
+    folder = tmp_path / "artifact"
+    shutil.copytree(shared_artifact(), folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for spec in manifest["inputs"]:
+        spec.pop("unaligned")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    predictor = runtime.load(folder)
+    array = np.zeros(4 * 3 + 1, np.float32)[1:].reshape(4, 3)
+    view = np.from_dlpack(predictor._device_tensor(0, array))
     assert view.ctypes.data % runtime.ALIGN == 0 and not np.shares_memory(view, array)
 
 

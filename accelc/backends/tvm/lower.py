@@ -24,6 +24,7 @@ class Lowered:
     mod: tvm.IRModule  # Relax, params lifted, ready for the target pipeline
     params: dict[str, np.ndarray]  # in main's parameter order
     program: torch.export.ExportedProgram
+    unaligned_inputs: tuple[int, ...] = ()  # set by compile_module: inputs its kernels take at any alignment
 
 
 def export_program(gm: torch.fx.GraphModule, example_inputs, dynamic_shapes) -> torch.export.ExportedProgram:
@@ -91,16 +92,21 @@ def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
 def compile_module(lowered: Lowered, target, database=None, cuda_archs=()):
     """Run the target pipeline and codegen; failures name the ops involved. CUDA device code is
     compiled ahead of time by nvcc for `cuda_archs` and embedded (backends/tvm/cuda.py)."""
-    device_code = contextlib.nullcontext()
+    device_code, unaligned = contextlib.nullcontext(), None
     if target.kind.name == "llvm":
+        from .input_alignment import UnalignedInputs
         from .vector_math import install
         install()  # vectorisable log/exp instead of one libm call per lane
+        unaligned = UnalignedInputs()
     if target.kind.name == "cuda":
         from . import cuda
         device_code = cuda.ahead_of_time(list(cuda_archs) or [str(target.attrs["arch"])])
     try:
         with device_code, target, tvm.transform.PassContext(opt_level=3), database or contextlib.nullcontext():
-            return tvm.compile(lowered.mod, target=target, relax_pipeline=build_pipeline(target, database))
+            executable = tvm.compile(lowered.mod, target=target,
+                                     relax_pipeline=build_pipeline(target, database, unaligned))
+            lowered.unaligned_inputs = tuple(sorted(unaligned.free)) if unaligned is not None else ()
+            return executable
     except (RuntimeError, ValueError, TypeError) as exc:  # TVM raises RuntimeError subclasses
         raise _compile_error(exc, lowered.program) from None
 

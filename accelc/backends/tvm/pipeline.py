@@ -28,7 +28,7 @@ def _backend_passes(backend, target, database) -> list:
             + backend.dataflow_lower_passes(target) + backend.finalize_passes(target))
 
 
-def cpu_pipeline(target, database=None) -> list:
+def cpu_pipeline(target, database=None, unaligned=None) -> list:
     from tvm.relax.backend.cpu_generic import pipeline as backend
     from tvm.s_tir import dlight
 
@@ -40,7 +40,9 @@ def cpu_pipeline(target, database=None) -> list:
                                            dlight.cpu.Reduction(),
                                            Elementwise())
     at = next(i for i, p in enumerate(passes) if p.info.name == "RewriteDataflowReshape")
-    return passes[:at] + [defaults] + passes[at:]
+    # Inputs are looked at once reshapes have become views (a view of an input passed to a kernel
+    # keeps the input aligned), before calls turn into VM instructions.
+    return passes[:at] + [defaults, passes[at], *([unaligned] if unaligned is not None else [])] + passes[at + 1:]
 
 
 def cuda_pipeline(target, database=None) -> list:
@@ -59,7 +61,9 @@ def fusion_passes(target) -> list:
 PIPELINES = {"llvm": cpu_pipeline, "cuda": cuda_pipeline}
 
 
-def build_pipeline(target, database=None) -> tvm.transform.Pass:
-    """The whole Relax pipeline for a target kind, optionally applying tuning records."""
-    passes = PIPELINES[target.kind.name](target, database)
+def build_pipeline(target, database=None, unaligned=None) -> tvm.transform.Pass:
+    """The whole Relax pipeline for a target kind, optionally applying tuning records; on CPU targets
+    an input_alignment.UnalignedInputs pass, when given, relaxes the inputs' alignment."""
+    passes = cpu_pipeline(target, database, unaligned) if target.kind.name == "llvm" else \
+        PIPELINES[target.kind.name](target, database)
     return tvm.transform.Sequential(passes, name=f"accelc_{target.kind.name}")
