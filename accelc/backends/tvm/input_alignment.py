@@ -19,11 +19,13 @@ from tvm import relax
 CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
 
-def _uses(func: relax.Function, inputs: list) -> tuple[dict, set]:
-    """({(kernel, argument index): input index} for inputs passed straight to kernels, {inputs used
+def _uses(func: relax.Function, inputs: list) -> tuple[list, set]:
+    """([(kernel, argument index, input index)] for inputs passed straight to kernels, {inputs used
     any other way})."""
     position = {var: i for i, var in enumerate(inputs)}
-    direct, other = {}, set()
+    direct, other = [], set()
+    if not isinstance(func.body, relax.SeqExpr):
+        return direct, set(position.values())
 
     def note_others(expr) -> None:
         other.update(position[v] for v in relax.analysis.all_vars(expr) if v in position)
@@ -34,7 +36,7 @@ def _uses(func: relax.Function, inputs: list) -> tuple[dict, set]:
             if isinstance(value, relax.Call) and value.op.same_as(CALL_TIR) and isinstance(value.args[1], relax.Tuple):
                 for index, arg in enumerate(value.args[1].fields):
                     if isinstance(arg, relax.Var) and arg in position:
-                        direct[(value.args[0], index)] = position[arg]
+                        direct.append((value.args[0], index, position[arg]))
                     else:
                         note_others(arg)
                 for rest in value.args[2:]:
@@ -79,7 +81,7 @@ class UnalignedInputs:
             if not count:  # transform_params (weights only), helpers
                 continue
             direct, other = _uses(func, list(func.params[:count]))
-            for (kernel, index), position in direct.items():
+            for kernel, index, position in direct:
                 params.setdefault(kernel, set()).add(index)
                 feeds.setdefault(kernel, set()).add(position)
             free = (set(range(count)) if free is None else free) - other
