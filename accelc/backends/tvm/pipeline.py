@@ -37,15 +37,14 @@ def cpu_pipeline(target, database=None, unaligned=None) -> list:
     passes = _backend_passes(backend, target, database)
     # Kernels without a tuning record get a default schedule instead of naive loops.
     defaults = dlight.ApplyDefaultSchedule(QGemm(), Im2col(), Matmul(), dlight.cpu.GEMV(), InnerKeptReduction(),
-                                           dlight.cpu.Reduction(),
-                                           Elementwise())
+                                           dlight.cpu.Reduction(), Elementwise())
     at = next(i for i, p in enumerate(passes) if p.info.name == "RewriteDataflowReshape")
     # Inputs are looked at once reshapes have become views (a view of an input passed to a kernel
     # keeps the input aligned), before calls turn into VM instructions.
     return passes[:at] + [defaults, passes[at], *([unaligned] if unaligned is not None else [])] + passes[at + 1:]
 
 
-def cuda_pipeline(target, database=None) -> list:
+def cuda_pipeline(target, database=None, _unaligned=None) -> list:  # inputs are copied to the GPU anyway
     from tvm.relax.backend.cuda import pipeline as backend
     return _backend_passes(backend, target, database)
 
@@ -64,6 +63,5 @@ PIPELINES = {"llvm": cpu_pipeline, "cuda": cuda_pipeline}
 def build_pipeline(target, database=None, unaligned=None) -> tvm.transform.Pass:
     """The whole Relax pipeline for a target kind, optionally applying tuning records; on CPU targets
     an input_alignment.UnalignedInputs pass, when given, relaxes the inputs' alignment."""
-    passes = cpu_pipeline(target, database, unaligned) if target.kind.name == "llvm" else \
-        PIPELINES[target.kind.name](target, database)
+    passes = PIPELINES[target.kind.name](target, database, unaligned)
     return tvm.transform.Sequential(passes, name=f"accelc_{target.kind.name}")
