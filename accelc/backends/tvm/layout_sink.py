@@ -25,7 +25,6 @@ from tvm.relax.dpl import is_op, rewrite_call, wildcard
 UNARY = ("relax.nn.relu", "relax.sigmoid", "relax.tanh", "relax.nn.gelu", "relax.nn.silu", "relax.exp",
          "relax.negative", "relax.abs", "relax.sqrt")
 BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum")
-LAYOUTS = ("relax.permute_dims", "relax.reshape")
 MAX_ROUNDS = 64  # each round moves every layout op at least one op down; models are far shallower
 
 

@@ -8,6 +8,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import tvm_ffi
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
@@ -271,5 +272,4 @@ def _fastest(runner, runs: list) -> list:
 
 
 def same_trace(first, second) -> bool:
-    import tvm_ffi
     return tvm_ffi.structural_equal(first.as_json(remove_postproc=True), second.as_json(remove_postproc=True))
