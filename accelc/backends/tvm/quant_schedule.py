@@ -16,7 +16,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from .cpu_schedules import TILE_SCOPE, _lanes, flat, root_blocks
+from .cpu_schedules import TILE_SCOPE, _lanes, flat, largest_divisor, root_blocks
 
 INTRIN = "accelc_dot_8x4_u8i8i32_avx2"
 
@@ -89,7 +89,7 @@ class QGemm(CPUScheduleRule):
         m, n, k = sch.get_loops(gemm)
         rows_total, cols_total = (int(sch.get(loop).extent) for loop in (m, n))
         vector = sch.get(gemm).name_hint == "qgemm" and has_avx2(target)
-        rows = next(r for r in (ROWS, 3, 2, 1) if rows_total % r == 0)
+        rows = largest_divisor(rows_total, ROWS)
         mo, mi = sch.split(m, [None, rows])
         if vector:
             cols = 16 if cols_total % 16 == 0 else 8
