@@ -88,9 +88,11 @@ class Predictor:
         self.sizes = sorted(b for b in vm if b is not None)
         # The common call (numpy arrays by position, a built batch size, no per-value checks) skips
         # the general path: its checks and lookups cost ~10 us a call, 12% of the MLP at batch 256.
-        self._lean = (self._on_cpu and not reject_nonfinite and bool(self.sizes) and bool(self.inputs)
-                      and all(self._batched) and not any("range" in spec for spec in self.inputs))
-        self._lean_specs = [(dtype, dims[1:]) for dtype, dims in self._expect]
+        lean = (self._on_cpu and not reject_nonfinite and bool(self.sizes) and bool(self.inputs)
+                and all(self._batched) and not any("range" in spec for spec in self.inputs))
+        # per built batch size: each input's (dtype, whole shape, alignment), compared as they are
+        self._lean = {b: [(dtype, (b, *dims[1:]), align) for (dtype, dims), align in zip(self._expect, self._align)]
+                      for b in self.sizes} if lean else {}
 
     def _thread_functions(self) -> dict:
         """This thread's VM functions, one static function per built batch size (None: no batch dim)."""
@@ -174,7 +176,7 @@ class Predictor:
 
     def predict(self, *args, **kwargs) -> list[np.ndarray]:
         """All outputs as a list of numpy arrays."""
-        if self._lean and not kwargs and (outputs := self._lean_call(args)) is not None:
+        if not kwargs and (outputs := self._lean_call(args)) is not None:
             return outputs
         arrays = self._prepare(args, kwargs)
         if self.reject_nonfinite:
@@ -237,32 +239,37 @@ class Predictor:
 
     def _run(self, function, tensors: list) -> list[np.ndarray]:
         result = function(*tensors, *self._params)
-        items = [result] if isinstance(result, self._tensor_type) else result  # hasattr(.., "shape"): 0.4 us
+        # a single output comes back as a tensor, several as an array of them (isinstance: 0.4 us)
+        items = [result] if type(result) is self._tensor_type else result
         if self._on_cpu:
             return [np.from_dlpack(item) for item in items]  # fresh VM allocations: safe to share
         return [item.numpy() for item in items]
 
     def _lean_call(self, args) -> list[np.ndarray] | None:
-        """The outputs when every input is a numpy array of the right dtype and shape at one built
-        batch size (then nothing else needs checking); None sends the call down the general path."""
+        """The outputs when every input is a contiguous numpy array of the right dtype and shape at
+        one built batch size (then nothing else needs checking); None sends the call down the
+        general path. Kept short: it runs after the kernels have evicted the interpreter's code and
+        data from the caches, so each check costs several times its warm ~0.1 us (with the checks
+        folded into one shape comparison per input: edu_churn at batch 1, 17.8 -> 15.8 us p50)."""
         functions = getattr(self._local, "functions", None)
-        if functions is None or len(args) != len(self._lean_specs):
+        first = args[0] if args else None
+        if functions is None or type(first) is not np.ndarray or not first.ndim:
             return None
-        first = args[0]
-        function = functions.get(first.shape[0]) if type(first) is np.ndarray and first.ndim else None
-        if function is None:
+        specs = self._lean.get(first.shape[0])
+        if specs is None or len(args) != len(specs):
             return None
-        batch, tensors = first.shape[0], []
-        for index, (array, (dtype, tail)) in enumerate(zip(args, self._lean_specs)):
-            if type(array) is not np.ndarray or array.dtype != dtype or array.shape[1:] != tail \
-                    or array.shape[0] != batch:
+        tensors = []
+        for array, (dtype, shape, align) in zip(args, specs):
+            if type(array) is not np.ndarray or array.dtype != dtype or array.shape != shape \
+                    or not array.flags.c_contiguous:
                 return None
-            tensors.append(self._device_tensor(index, array))
-        return self._run(function, tensors)
+            tensor = self._from_dlpack(array)
+            tensors.append(tensor if tensor.data_ptr() % align == 0 else self._staged(len(tensors), array))
+        return self._run(functions[first.shape[0]], tensors)
 
     def __call__(self, *args, **kwargs):
         """The output array, or a tuple of them for multi-output models."""
-        outputs = self.predict(*args, **kwargs)
+        outputs = (not kwargs and self._lean_call(args)) or self.predict(*args, **kwargs)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
