@@ -113,14 +113,20 @@ class Head(torch.nn.Module):
         return torch.sigmoid(self.fc(x))
 
 
-@pytest.mark.parametrize("rows, k", [(1, 64), (5, 8), (2048, 64), (3, 160)])  # one row, one lane group,
-def test_one_column_matmul_sums_in_lanes_and_matches_torch(rows, k):  # parallel, k not unrolled
+# one row, one lane group, groups of 8 rows in parallel, k not unrolled, groups of 4 rows
+@pytest.mark.parametrize("rows, k", [(1, 64), (5, 8), (2048, 64), (3, 160), (12, 24)])
+def test_one_column_matmul_sums_in_lanes_and_matches_torch(rows, k):
     torch.manual_seed(rows)
     model = Head(k).eval()
     x = np.random.default_rng(rows).standard_normal((rows, k), dtype=np.float32)
     got, _, script = compile_and_run(model, [x], [InputSpec(name="x", shape=["batch", k])])
     np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
     assert "matmul_rf" in script and "T.vectorized" in script
+    if rows % 4 == 0:  # one loop over groups of rows: lane sums, totals and sigmoid inside it
+        kernel = script[script.index("def fused_matmul"):]
+        kernel = kernel[:kernel.index("@T.prim_func") if "@T.prim_func" in kernel else len(kernel)]
+        top = re.findall(r"^        for \w+ in (?:T\.parallel|range)\(T\.int64\((\d+)\)\)", kernel, re.M)
+        assert top == [str(rows // (8 if rows % 8 == 0 else 4))], kernel
 
 
 class Concat(torch.nn.Module):
