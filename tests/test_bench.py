@@ -36,3 +36,19 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
         assert all("p50_us" in row or row["note"].startswith("skipped") for row in rows)
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "pytorch eager" in capsys.readouterr().out
+
+
+def test_compare_reports_the_median_round_and_the_quietest_one(monkeypatch):
+    import numpy as np
+    import torch
+    planted = iter([30.0, 10.0, 20.0])  # p50 of each round, us: median 20, quietest 10
+    monkeypatch.setattr(bench, "time_calls", lambda fn, calls, warmup: {"p50_us": (p := next(planted)),
+                                                                         "p99_us": 2 * p, "calls": calls})
+    layer = torch.nn.Linear(8, 4, bias=False)
+    inputs = [np.zeros((3, 8), np.float32)]
+    [row] = bench.compare(layer, inputs, {"accelc": lambda: None}, threads=1, calls=30, peers=False, rounds=3)
+    flops, bound = 2 * 3 * 8 * 4, bench.fma_bound_gflops(1)
+    assert (row["p50_us"], row["p99_us"], row["best_round_p50_us"]) == (20.0, 40.0, 10.0)
+    assert np.isclose(row["bound_pct"], 100 * flops / 20e3 / bound)
+    assert np.isclose(row["best_round_bound_pct"], 100 * flops / 10e3 / bound)
+    assert "quietest round" in bench.format_rows([row], "title")
