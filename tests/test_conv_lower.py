@@ -1,6 +1,8 @@
-"""float32 convolutions on CPU targets: im2col + the tiled matmul, equal to PyTorch on odd shapes;
+"""float32 convolutions on CPU targets: im2col fused into the tiled matmul, equal to PyTorch on odd shapes;
 what it does not cover (groups, transposed, 1-D) still imports as TVM's own convolution."""
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -22,7 +24,16 @@ def compile_and_run(model, x: np.ndarray):
     vm = tvm.relax.VirtualMachine(lower.compile_module(lowered, TARGET), tvm.cpu())
     params = vm["transform_params"]([tvm.runtime.tensor(p) for p in lowered.params.values()])
     out = vm[lower.function_name(x.shape[0])](tvm.runtime.tensor(x), *params)
-    return out.numpy(), lowered.mod[lower.function_name(x.shape[0])].script()
+    return out.numpy(), lowered.mod[lower.function_name(x.shape[0])].script(), scheduled(lowered)
+
+
+def scheduled(lowered) -> dict[str, str]:
+    """{kernel name: its scheduled TIR} of the kernels that compute patches."""
+    from accelc.backends.tvm.pipeline import build_pipeline
+    with TARGET:
+        mod = build_pipeline(TARGET)(lowered.mod)
+    return {gv.name_hint: mod[gv].script() for gv in mod.get_global_vars()
+            if isinstance(mod[gv], tvm.tirx.PrimFunc) and 'T.sblock("im2col")' in mod[gv].script()}
 
 
 @pytest.mark.parametrize("conv", [
@@ -35,18 +46,23 @@ def test_convolution_as_im2col_matches_torch(conv):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(**conv), torch.nn.ReLU(), torch.nn.Conv2d(conv["out_channels"], 3, 3)).eval()
     x = np.random.default_rng(1).standard_normal((2, conv["in_channels"], 11, 9), dtype=np.float32)
-    got, main = compile_and_run(model, x)
+    got, main, kernels = compile_and_run(model, x)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    assert "R.nn.conv2d" not in main and main.count("im2col") >= 2 and "R.matmul" in main
+    assert "R.nn.conv2d" not in main and main.count("im2col_matmul") == 2
+    # patches and matmul in one kernel, under one loop over row tiles: each tile's patches are
+    # computed just before the tile uses them, never all of them to memory first
+    assert len(kernels) == 2
+    for script in kernels.values():
+        assert 'T.sblock("matmul_update")' in script and len(re.findall(r"^    for ", script, re.M)) == 1, script
 
 
 def test_grouped_convolution_keeps_tvms_lowering():
     torch.manual_seed(0)
     model = torch.nn.Conv2d(8, 8, 3, padding=1, groups=4).eval()
     x = np.random.default_rng(2).standard_normal((1, 8, 6, 6), dtype=np.float32)
-    got, main = compile_and_run(model, x)
+    got, main, _ = compile_and_run(model, x)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -38,6 +38,9 @@ class Matmul(CPUScheduleRule):
             return None
         sch, blocks = found
         names = [sch.get(b).name_hint for b in blocks]
+        patches = None
+        if names[:1] == ["im2col"] and len(names) > 1:  # a convolution (conv_lower.patches_matmul)
+            patches, blocks, names = blocks[0], blocks[1:], names[1:]
         if not names or not names[0].endswith("matmul"):
             return None
         matmul = blocks[0]
@@ -64,6 +67,10 @@ class Matmul(CPUScheduleRule):
         sch.reverse_compute_at(tile, jo)
         if len(blocks) > 1:
             sch.reverse_compute_inline(blocks[-1])  # bias/activation applied as the tile is stored
+        if patches is not None:  # each row tile's patches, just before the tile: in L1, not memory
+            sch.compute_at(patches, io)
+            group = int(sch.get(patches).annotations["accelc_group"])
+            sch.vectorize(sch.split(sch.get_loops(patches)[-1], [None, group])[1])
         outer = sch.fuse(*batch, io) if batch else io
         if (extents[-3] // rows) * max(1, len(batch)) >= 2:
             sch.parallel(outer)

@@ -224,6 +224,12 @@ def im2col(x: te.Tensor, fill, kernel, stride, padding, dilation) -> te.Tensor:
     return te.compute((batch * oh * ow, kh * kw * group), patch, name="im2col", attrs={"accelc_group": group})
 
 
+def patches_qgemm(x: te.Tensor, fill, packed: te.Tensor, n: int, name: str, kernel, stride, padding,
+                  dilation) -> te.Tensor:
+    """`im2col` and `qgemm` in one kernel (patch rows are a multiple of 4 long: no padding)."""
+    return qgemm(im2col(x, fill, kernel, stride, padding, dilation), packed, n, name)
+
+
 def conv_weight(bb, w) -> relax.Expr:
     """[O, C, KH, KW] -> [O, KH*KW*Cp], the (kh, kw, c) order of `im2col` (runs at load time)."""
     out_channels, channels, kh, kw = _shape(w)
@@ -242,9 +248,15 @@ def convert_conv2d_int8(node, importer):
     out_channels, _, kh, kw = _shape(w)
     oh, ow = conv_geometry(height, width, (kh, kw), stride, padding, dilation)
     nhwc = bb.emit(relax.op.permute_dims(q, [0, 2, 3, 1]))
-    cols = bb.emit_te(im2col, nhwc, zero_point, (kh, kw), stride, padding, dilation, primfunc_name_hint="im2col")
-    out = int8_gemm(bb, cols, zero_point, scale, conv_weight(bb, w), w_scale, bias, batch if _shape(scale) else 1,
-                    seven_bit(node.args[0]))
+    geometry, w2d, groups = ((kh, kw), stride, padding, dilation), conv_weight(bb, w), batch if _shape(scale) else 1
+    if out_channels % 8 == 0:  # patches computed inside the GEMM kernel, per row tile (quant_schedule.QGemm)
+        name = "qgemm" if seven_bit(node.args[0]) else "qgemm_u8"
+        acc = bb.emit_te(patches_qgemm, nhwc, zero_point, pack_weight(bb, w2d), out_channels, name, *geometry,
+                         primfunc_name_hint=f"im2col_{name}")
+        out = _requantize(bb, acc, batch * oh * ow, zero_point, scale, w2d, w_scale, bias, groups)
+    else:
+        cols = bb.emit_te(im2col, nhwc, zero_point, *geometry, primfunc_name_hint="im2col")
+        out = int8_gemm(bb, cols, zero_point, scale, w2d, w_scale, bias, groups, seven_bit(node.args[0]))
     return bb.emit(relax.op.permute_dims(relax.op.reshape(out, [batch, oh, ow, out_channels]), [0, 3, 1, 2]))
 
 

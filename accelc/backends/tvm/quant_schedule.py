@@ -83,6 +83,9 @@ class QGemm(CPUScheduleRule):
                 sch.compute_inline(block)
             flat(sch, blocks[at], _lanes(target))
             blocks, names = blocks[at + 1:], names[at + 1:]
+        patches = None
+        if names[:1] == ["im2col"]:  # a convolution (quant_lower.patches_qgemm)
+            patches, blocks, names = blocks[0], blocks[1:], names[1:]
         if names[:1] not in (["qgemm"], ["qgemm_u8"]):
             return None
         gemm = blocks[0]
@@ -106,7 +109,11 @@ class QGemm(CPUScheduleRule):
         sch.reverse_compute_at(tile, no)
         if len(blocks) > 1:
             sch.reverse_compute_inline(blocks[-1])  # the epilogue runs as the tile is stored
-        outer = sch.fuse(mo, no)
+        if patches is not None:  # each row tile's patches just before the tile, in L1
+            sch.compute_at(patches, mo)
+            group = int(sch.get(patches).annotations["accelc_group"])
+            sch.vectorize(sch.split(sch.get_loops(patches)[-1], [None, group])[1])
+        outer = sch.fuse(mo, no) if patches is None else mo
         if rows_total // rows >= 2:
             sch.parallel(outer)
         init = sch.decompose_reduction(gemm, ko)
