@@ -67,10 +67,8 @@ class Matmul(CPUScheduleRule):
         sch.reverse_compute_at(tile, jo)
         if len(blocks) > 1:
             sch.reverse_compute_inline(blocks[-1])  # bias/activation applied as the tile is stored
-        if patches is not None:  # each row tile's patches, just before the tile: in L1, not memory
-            sch.compute_at(patches, io)
-            group = int(sch.get(patches).annotations["accelc_group"])
-            sch.vectorize(sch.split(sch.get_loops(patches)[-1], [None, group])[1])
+        if patches is not None:
+            patches_per_tile(sch, patches, io)
         outer = sch.fuse(*batch, io) if batch else io
         if (extents[-3] // rows) * max(1, len(batch)) >= 2:
             sch.parallel(outer)
@@ -81,6 +79,14 @@ class Matmul(CPUScheduleRule):
         sch.vectorize(tile_loops[-1])
         sch.decompose_reduction(matmul, ko)
         return sch
+
+
+def patches_per_tile(sch, patches, tile_loop) -> None:
+    """A convolution's `im2col` block computed for each row tile just before the tile, so that
+    the patches are in L1 when read, never all in memory; one vector copy per tap."""
+    sch.compute_at(patches, tile_loop)
+    group = int(sch.get(patches).annotations["accelc_group"])
+    sch.vectorize(sch.split(sch.get_loops(patches)[-1], [None, group])[1])
 
 
 def _matvec(sch, blocks, extents: list[int], lanes: int):

@@ -16,7 +16,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from .cpu_schedules import TILE_SCOPE, _lanes, flat, largest_divisor, root_blocks
+from .cpu_schedules import TILE_SCOPE, _lanes, flat, largest_divisor, patches_per_tile, root_blocks
 
 INTRIN = "accelc_dot_8x4_u8i8i32_avx2"
 
@@ -109,10 +109,8 @@ class QGemm(CPUScheduleRule):
         sch.reverse_compute_at(tile, no)
         if len(blocks) > 1:
             sch.reverse_compute_inline(blocks[-1])  # the epilogue runs as the tile is stored
-        if patches is not None:  # each row tile's patches just before the tile, in L1
-            sch.compute_at(patches, mo)
-            group = int(sch.get(patches).annotations["accelc_group"])
-            sch.vectorize(sch.split(sch.get_loops(patches)[-1], [None, group])[1])
+        if patches is not None:
+            patches_per_tile(sch, patches, mo)
         outer = sch.fuse(mo, no) if patches is None else mo
         if rows_total // rows >= 2:
             sch.parallel(outer)
