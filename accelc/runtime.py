@@ -176,8 +176,11 @@ class Predictor:
 
     def predict(self, *args, **kwargs) -> list[np.ndarray]:
         """All outputs as a list of numpy arrays."""
-        if not kwargs and (outputs := self._lean_call(args)) is not None:
-            return outputs
+        return (not kwargs and self._lean_call(args)) or self._checked_call(args, kwargs)
+
+    def _checked_call(self, args, kwargs) -> list[np.ndarray]:
+        """Every input checked (names, dtypes, shapes, values where asked), padded or split to
+        the built batch sizes."""
         arrays = self._prepare(args, kwargs)
         if self.reject_nonfinite:
             for spec, array in zip(self.inputs, arrays):
@@ -216,8 +219,8 @@ class Predictor:
             return self._tensor(np.ascontiguousarray(array), self.device)
         # The alignment is read from the tensor: ndarray.ctypes costs ~3 us, and letting DLPack refuse
         # a misaligned array (require_alignment) ~850 us for its error.
-        if array.flags.c_contiguous:
-            tensor = self._from_dlpack(array, require_contiguous=True)
+        if array.flags.c_contiguous:  # checked here: DLPack's require_contiguous costs 0.3 us more
+            tensor = self._from_dlpack(array)
             if tensor.data_ptr() % self._align[index] == 0:
                 return tensor
         return self._staged(index, array)
@@ -263,13 +266,13 @@ class Predictor:
             if type(array) is not np.ndarray or array.dtype != dtype or array.shape != shape \
                     or not array.flags.c_contiguous:
                 return None
-            tensor = self._from_dlpack(array)
+            tensor = self._from_dlpack(array)  # _device_tensor inlined: the call and its checks cost 0.5 us
             tensors.append(tensor if tensor.data_ptr() % align == 0 else self._staged(len(tensors), array))
         return self._run(functions[first.shape[0]], tensors)
 
     def __call__(self, *args, **kwargs):
         """The output array, or a tuple of them for multi-output models."""
-        outputs = (not kwargs and self._lean_call(args)) or self.predict(*args, **kwargs)
+        outputs = (not kwargs and self._lean_call(args)) or self._checked_call(args, kwargs)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
