@@ -190,16 +190,14 @@ def _search(total: int):
 def run(tasks: list, caps: list, total: int, runner, database, progress: Progress, logs: Path,
         workers: int = 2) -> None:
     """Search `tasks` (ExtractedTask) with per-task `caps` (None: none of its own) and `total`."""
-    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
     from tvm.s_tir.meta_schedule.utils import fork_seed
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     cost_model, strategy = _search(total)
     contexts = [ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator="post-order-apply",
                                search_strategy=_Budgeted(strategy, cap, progress, default_candidate(
                                    task.dispatched[0], task.target)), task_name=task.task_name,
                                logger=logger, rand_state=seed).clone()
-                for task, cap, logger, seed in zip(tasks, caps, get_loggers_from_work_dir(
-                    str(logs), [t.task_name for t in tasks]), fork_seed(None, n=len(tasks)))]
+                for task, cap, logger, seed in zip(tasks, caps, task_loggers(logs, [t.task_name for t in tasks]),
+                                                   fork_seed(None, n=len(tasks)))]
     per_task = max(caps) if caps and None not in caps else total
     share = min([c for c in caps if c is not None] or [total // len(tasks)])
     if progress.deadline is not None:  # about a second per candidate here: a kernel's share of the time
@@ -210,6 +208,30 @@ def run(tasks: list, caps: list, total: int, runner, database, progress: Progres
                       max_trials_global=total, max_trials_per_task=min(per_task, total), num_trials_per_iter=batch,
                       builder=_builder(batch, workers), runner=runner, database=database, cost_model=cost_model,
                       measure_callbacks=[*ms.MeasureCallback.create("default"), _Monitor(progress)])
+
+
+def task_loggers(logs: Path, names: list[str]) -> list[logging.Logger]:
+    """One logger per task writing to its own file under `logs`, and nothing else. MetaSchedule's
+    get_loggers_from_work_dir runs logging.config.dictConfig over the process's loggers and formats
+    the names of handlers already attached: an unnamed one (pytest 9.2's capture handler, or a
+    user's own) crashes the second tuning run in a process, and its console handler prints every
+    task's progress. Ours are children of "accelc.tune", never propagate, and touch no one else's."""
+    logs.mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S")
+    loggers = []
+    for index, name in enumerate(names):
+        logger = logging.getLogger(f"accelc.tune.task_{index:03d}_{name[:100]}")
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+        path = str(logs / f"task_{index:03d}_{name[:100]}.log")
+        for old in list(logger.handlers):  # a previous run in this process: reopen on this run's folder
+            logger.removeHandler(old)
+            old.close()
+        handler = logging.FileHandler(path, mode="a", delay=True)  # opened at the first record
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+        loggers.append(logger)
+    return loggers
 
 
 CONFIRM_ROUNDS = 3  # each kernel's default and best schedule re-measured this often, alternately
