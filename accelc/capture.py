@@ -6,8 +6,11 @@ is what passes rewrite; the eager module stays as the verifier's reference.
 from __future__ import annotations
 
 import importlib
+import os
+import pickle
 import re
 import sys
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +45,8 @@ def import_entrypoint(spec: str, root: Path, where: str, field: str = "model.ent
     try:
         module = importlib.import_module(module_name)
     except (Exception, SystemExit) as exc:  # any import-time failure of user code is a user error
-        raise ModelError(f"cannot import '{module_name}': {type(exc).__name__}: {_first_line(exc)}", code="E300",
-                         location=where, field=field) from None
+        raise ModelError(f"cannot import '{module_name}': {type(exc).__name__}: {_first_line(exc)}"
+                         f"{_raised_at(exc, root)}", code="E300", location=where, field=field) from None
     if not hasattr(module, attr):
         names = [n for n in dir(module) if not n.startswith("_")]
         raise ModelError(f"module '{module_name}' has no attribute '{attr}'", code="E300", location=where,
@@ -54,6 +57,28 @@ def import_entrypoint(spec: str, root: Path, where: str, field: str = "model.ent
     return getattr(module, attr)
 
 
+def _raised_at(exc: BaseException, root: Path) -> str:
+    """' (raised at FILE:LINE)' for the innermost frame in the user's repository, so that an error in
+    an entrypoint points at the user's line rather than at accelc or a library."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.filename:  # raised by the compiler: the bad line is not a frame
+        frames.append(traceback.FrameSummary(exc.filename, exc.lineno or 0, "<module>"))
+    root, ours = root.resolve(), Path(__file__).resolve().parent
+    for frame in reversed(frames):
+        path = Path(os.path.abspath(frame.filename))  # as imported (through the repository's own links)
+        if (path.is_relative_to(root) and not path.resolve().is_relative_to(ours)
+                and "site-packages" not in path.parts):
+            return f" (raised at {_shown(path, root)}:{frame.lineno})"
+    return ""
+
+
+def _shown(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path.relative_to(root))
+
+
 def build_model(loaded: LoadedRecipe) -> torch.nn.Module:
     section = loaded.recipe.model
     where = loaded.where("model", "entrypoint")
@@ -61,8 +86,9 @@ def build_model(loaded: LoadedRecipe) -> torch.nn.Module:
     try:
         model = factory(**section.kwargs)
     except (Exception, SystemExit) as exc:
-        raise ModelError(f"entrypoint '{section.entrypoint}' failed: {type(exc).__name__}: {exc}", code="E300",
-                         location=where, field="model.entrypoint") from None
+        raise ModelError(f"entrypoint '{section.entrypoint}' failed: {type(exc).__name__}: {exc}"
+                         f"{_raised_at(exc, loaded.root)}", code="E300", location=where,
+                         field="model.entrypoint") from None
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"entrypoint '{section.entrypoint}' returned {type(model).__name__}, not an nn.Module",
                          code="E301", location=where, field="model.entrypoint")
@@ -86,6 +112,20 @@ def load_weights(model: torch.nn.Module, path: Path, where: str) -> None:
                              field="model.weights", hint="use .safetensors (preferred) or .pt")
     except ModelError:
         raise
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # damaged, or not a torch file at all
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+            raise ModelError(f"cannot read weights {path.name}: not a PyTorch weights file"
+                             f"{f' ({detail[1].strip()[:200]})' if detail else ''}", code="E302", location=where,
+                             field="model.weights") from None
+        # torch's own advice (weights_only=False) would run the file's code
+        raise ModelError(f"cannot read weights {path.name}: it holds pickled Python objects besides tensors, and "
+                         "accelc never unpickles "
+                         "them (loading such a file can run any code in it)", code="E302", location=where,
+                         field="model.weights", hint=f"if you trust the file, convert it once to safetensors: "
+                         f"python -c \"import torch; from safetensors.torch import save_file; save_file(torch.load("
+                         f"'{path.name}', weights_only=False), '{path.stem}.safetensors')\" (a state_dict; "
+                         "for a whole pickled model use model.state_dict())") from None
     except Exception as exc:
         raise ModelError(f"cannot read weights {path.name}: {exc}", code="E302", location=where,
                          field="model.weights") from None

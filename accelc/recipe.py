@@ -359,8 +359,14 @@ def _problem(err: dict, located: yamlio.Located, tagged_loc: tuple) -> Problem:
 
 def parse(located: yamlio.Located) -> Recipe:
     """Validate parsed YAML against the schema; all problems at once."""
+    if located.data is None:  # an empty file, or only comments
+        raise RecipeError("the recipe is empty: it needs at least version, name, model and target",
+                          code="E102", location=located.where(()),
+                          hint="start from recipes/edu_churn.yaml, or see `accelc schema`")
     if not isinstance(located.data, dict):
-        raise RecipeError(f"a recipe is a mapping of sections, got {type(located.data).__name__}",
+        kind = {list: "a list", str: "a single string", int: "a number", float: "a number", bool: "a boolean"}.get(
+            type(located.data), type(located.data).__name__)
+        raise RecipeError(f"a recipe is a mapping of sections (version:, name:, model:, ...), got {kind}",
                           code="E102", location=located.where(()))
     try:
         return Recipe.model_validate(located.data)

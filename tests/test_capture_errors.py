@@ -162,3 +162,45 @@ def test_random_inputs_follow_the_specs():
     assert x.dtype == np.float32 and x.shape == (2, 4)
     again = capture.random_inputs(list(specs), 4, seed=1)
     assert all(np.array_equal(a, b) for a, b in zip((ids, x), again))
+
+
+USER_MODULE = '''\
+import torch
+
+
+def helper(width):
+    raise ValueError(f"width {width} is not supported")  # line 5
+
+
+def build(width=4):
+    return helper(width)
+'''
+
+
+@pytest.mark.parametrize("body, needle", [
+    (USER_MODULE, "userpkg/model.py:5"),  # the innermost frame in the user's code, not accelc's
+    ("import torch\n\nx = 1 / 0\n\ndef build():\n    pass\n", "userpkg/model.py:3"),  # fails at import
+    ("def build(:\n    pass\n", "userpkg/model.py:1"),  # a syntax error has no frame of its own
+])
+def test_an_entrypoint_that_raises_points_at_the_users_line(repo, capsys, body, needle):
+    package = f"userpkg_{abs(hash(body))}"  # a module name of its own: imported modules stay in sys.modules
+    (repo / package).mkdir()
+    (repo / package / "__init__.py").write_text("")
+    (repo / package / "model.py").write_text(body)
+    exc = failing(repo, with_entrypoint(f"{package}.model:build"), capsys, "E300", package, "model.entrypoint")
+    message = exc.problems[0].message.replace(str(repo) + "/", "").replace(package, "userpkg")
+    assert f"(raised at {needle})" in message, message
+
+
+def test_pickled_weights_say_how_to_convert_them(repo, capsys):
+    torch.save({"fc1": torch.nn.Linear(4, 8)}, repo / "w.pt")  # modules, as torch.save(model) writes
+    exc = failing(repo, with_weights("w.pt"), capsys, "E302", "w.pt", "model.weights")
+    problem = exc.problems[0]
+    assert "weights_only=False" not in problem.message and "never unpickles" in problem.message
+    assert "safetensors" in problem.hint and "save_file" in problem.hint
+
+
+def test_a_damaged_torch_file_is_not_called_a_pickle_of_objects(repo, capsys):
+    (repo / "w.pt").write_bytes(b"\x80\x02garbage that is no pickle")
+    exc = failing(repo, with_weights("w.pt"), capsys, "E302", "w.pt", "model.weights")
+    assert "never unpickles" not in exc.problems[0].message and "not a PyTorch weights file" in exc.problems[0].message

@@ -178,6 +178,13 @@ def test_not_a_mapping(tmp_path):
     assert problem.code == "E102" and "mapping" in problem.message and problem.location == f"{path}:1:1"
 
 
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
+def test_an_empty_recipe_says_it_is_empty(tmp_path, text):
+    path, problem = only(text, tmp_path)
+    assert problem.code == "E102" and "the recipe is empty" in problem.message and "NoneType" not in problem.message
+    assert problem.location.startswith(str(path))
+
+
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(RecipeError) as info:
         recipe.load(tmp_path / "missing.yaml")
