@@ -121,13 +121,20 @@ def _lower(loaded, spec, stage, log, also: str = ""):
     graph, pass_reports = run_passes(captured.graph, list(recipe.passes),
                                      PassContext(captured.example_inputs, loaded, log))
     stage(f"lowering to Relax {also}for {spec.name}")
+    from .backends.tvm import repairs
+    repaired = repairs.repair_graph(graph)  # before re-export: faults of torch.export and TVM worked around
     try:
         programs = lower.export_programs(graph, recipe.model.inputs, recipe.model.batch)
     except Exception as exc:  # the captured graph exported once; failing now means a pass broke it
         exc.add_note(f"re-exporting the rewritten graph failed after passes: "
                      f"{', '.join(r['kind'] for r in pass_reports) or 'none'}")
         raise
-    return captured, graph, pass_reports, programs, lower.to_relax(programs, spec.tvm_target())
+    lowered = lower.to_relax(programs, spec.tvm_target())
+    lowered.repairs[:0] = repaired
+    for applied in lowered.repairs:
+        log(f"  repair {applied['repair']}: {len(applied['nodes'])} node(s) ({', '.join(applied['nodes'][:4])}"
+            f"{', ...' if len(applied['nodes']) > 4 else ''})")
+    return captured, graph, pass_reports, programs, lowered
 
 
 def _check_tuning(loaded, spec) -> None:
@@ -272,6 +279,7 @@ def _manifest(loaded, spec, captured: capture.Captured, programs, lowered, pass_
         "params": list(lowered.params),
         "param_bytes": int(sum(p.nbytes for p in lowered.params.values())),
         "passes": pass_reports,
+        "repairs": lowered.repairs,
         "versions": {"accelc": __version__, "torch": torch.__version__, "tvm": tvm.__version__,
                      "llvm": _llvm_version(), "python": platform.python_version(), "numpy": np.__version__},
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ class Lowered:
     params: dict[str, np.ndarray]  # in main's parameter order
     program: torch.export.ExportedProgram
     unaligned_inputs: tuple[int, ...] = ()  # set by compile_module: inputs its kernels take at any alignment
+    repairs: list[dict] = field(default_factory=list)  # repairs.py rules applied: [{repair, nodes}]
 
 
 def export_program(gm: torch.fx.GraphModule, example_inputs, dynamic_shapes) -> torch.export.ExportedProgram:
@@ -66,9 +67,11 @@ def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
     (benchmarks/batch_modes.py); weight transforms are shared by all of them.
     """
     from . import conv_lower
+    from . import repairs
     from .quant_lower import CONVERTERS, merge_function
     cpu = conv_lower.CONVERTERS if target.kind.name == "llvm" else {}  # convolutions as im2col + matmul
-    custom_convert_map = {**CONVERTERS, **cpu, **(custom_convert_map or {})}  # int8 ops: always known
+    custom_convert_map = {**repairs.CONVERTERS, **CONVERTERS, **cpu,  # int8 ops: always known
+                          **(custom_convert_map or {})}
     mod, params, first = tvm.IRModule(), None, None
     for batch, program in programs.items():
         check_supported(program, custom_convert_map or {})
@@ -86,7 +89,7 @@ def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
         mod = merge_function(mod, single, main.with_attr("global_symbol", name), name)  # + helper PrimFuncs
     with target:
         mod = tvm.transform.Sequential(prepare_passes(target))(mod)
-    return Lowered(mod, params or {}, first)
+    return Lowered(mod, params or {}, first, repairs=repairs.import_repairs(first) if first is not None else [])
 
 
 def compile_module(lowered: Lowered, target, database=None, cuda_archs=()):
