@@ -175,6 +175,21 @@ def run_eager(model: torch.nn.Module, arrays) -> list[np.ndarray]:
     return [t.detach().float().numpy() if t.dtype == torch.bfloat16 else t.detach().numpy() for t in flatten(out)]
 
 
+def eager_runner(model: torch.nn.Module, specs: list[InputSpec], sizes: list[int]):
+    """run_eager as the artifact sees the model. Built for batch 1 only, the capture is static: its
+    reshapes hold the batch size 1 (often the model's too), and the runtime serves a larger batch
+    as batch-1 calls; the reference then runs the same way, row by row."""
+    batched = ["batch" in spec.shape for spec in specs]
+    if max(sizes) > 1 or not any(batched):
+        return lambda arrays: run_eager(model, arrays)
+
+    def by_rows(arrays) -> list[np.ndarray]:
+        rows = next(a.shape[0] for a, b in zip(arrays, batched) if b)
+        parts = [run_eager(model, [a[i:i + 1] if b else a for a, b in zip(arrays, batched)]) for i in range(rows)]
+        return [np.concatenate(outs) if outs[0].ndim and outs[0].shape[0] == 1 else outs[0] for outs in zip(*parts)]
+    return by_rows
+
+
 class OutputTypeError(TypeError):
     """A model returned something other than tensors: the model's fault, not the inputs'."""
 

@@ -215,9 +215,9 @@ def _compare(loaded, captured: capture.Captured, rewritten, predictor, validatio
     """The artifact (native or emulated predictor) vs the rewritten graph on the samples, and vs
     the original eager model by the metric."""
     run_compiled = lambda arrays: predictor.predict(*arrays)  # noqa: E731
-    run_reference = lambda arrays: capture.run_eager(captured.model, arrays)  # noqa: E731
-    run_rewritten = (lambda arrays: capture.run_eager(rewritten, arrays)) if rewritten is not None \
-        else run_reference
+    specs, sizes = loaded.recipe.model.inputs, loaded.recipe.model.batch
+    run_reference = capture.eager_runner(captured.model, specs, sizes)
+    run_rewritten = capture.eager_runner(rewritten, specs, sizes) if rewritten is not None else run_reference
     report = verify.verify(run_compiled, run_rewritten, sample_sets(loaded), loaded.recipe.verify.tolerance.atol,
                            loaded.recipe.verify.tolerance.rtol, captured.output_names)
     report["reference"] = "rewritten graph (after passes)" if rewritten is not None else "original model"

@@ -42,5 +42,5 @@ def reverify(folder: Path, samples: int | None = None) -> dict:
     model = capture.build_model(loaded)
     predictor = runtime.load(folder)
     names = [o["name"] for o in manifest["outputs"]]
-    return verify.verify(lambda arrays: predictor.predict(*arrays), lambda arrays: capture.run_eager(model, arrays),
-                         sample_sets(loaded), recipe.verify.tolerance.atol, recipe.verify.tolerance.rtol, names)
+    return verify.verify(lambda arrays: predictor.predict(*arrays),
+                         capture.eager_runner(model, recipe.model.inputs, recipe.model.batch), sample_sets(loaded), recipe.verify.tolerance.atol, recipe.verify.tolerance.rtol, names)

@@ -129,6 +129,8 @@ class Rewriter:
                 else:
                     geometry = [_pair(value) for value in (list(rest) + [1, 0, 1][len(rest):])[:3]]
                     replacement = self._call(node, ops.conv2d_int8.default, (q, s, z, wq, ws, bias, *geometry))
+        if "val" in node.meta:  # same shape and dtype: a next layer quantizing this output reads them
+            replacement.meta["val"] = node.meta["val"]
         node.replace_all_uses_with(replacement)
         self.gm.graph.erase_node(node)
         return info
