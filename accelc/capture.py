@@ -194,6 +194,23 @@ class OutputTypeError(TypeError):
     """A model returned something other than tensors: the model's fault, not the inputs'."""
 
 
+def output_names(out) -> list[str]:
+    """A name per tensor of flatten(out): dict and ModelOutput keys ('logits', 'hidden.0'), output0,
+    output1, ... for positions, output0 for a single tensor."""
+    names = _names(out, "")
+    return ["output0"] if names == [""] else names
+
+
+def _names(out, path: str) -> list[str]:
+    if isinstance(out, torch.Tensor):
+        return [path]
+    if isinstance(out, (tuple, list)):
+        return [n for i, item in enumerate(out) for n in _names(item, f"{path}.{i}" if path else f"output{i}")]
+    if isinstance(out, dict):
+        return [n for key, value in out.items() for n in _names(value, f"{path}.{key}" if path else str(key))]
+    raise OutputTypeError(f"got {type(out).__name__}")
+
+
 def flatten(out) -> list:
     if isinstance(out, torch.Tensor):
         return [out]
@@ -212,7 +229,8 @@ def capture(loaded: LoadedRecipe, model: torch.nn.Module | None = None) -> Captu
     example = random_inputs(recipe.model.inputs, batch, recipe.verify.seed)
     where = loaded.where("model", "inputs")
     try:
-        outputs = run_eager(model, example)
+        with torch.no_grad():
+            names = output_names(model(*to_torch(example)))  # flattens, as every later call does
     except OutputTypeError as exc:
         raise ModelError(f"the model must return tensors (or tuples, lists, dicts of them): {exc}", code="E306",
                          location=loaded.where("model", "entrypoint"), field="model.entrypoint") from None
@@ -232,7 +250,7 @@ def capture(loaded: LoadedRecipe, model: torch.nn.Module | None = None) -> Captu
                          ) from None
     graph = program.module()
     _drop_guards(graph)
-    return Captured(model, graph, to_torch(example), dynamic, [f"output{i}" for i in range(len(outputs))])
+    return Captured(model, graph, to_torch(example), dynamic, names)
 
 
 def _dynamic_shapes(specs: list[InputSpec], sizes: list[int]):
