@@ -6,6 +6,7 @@ is what passes rewrite; the eager module stays as the verifier's reference.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import pickle
 import re
@@ -238,7 +239,7 @@ def capture(loaded: LoadedRecipe, model: torch.nn.Module | None = None) -> Captu
         shapes = ", ".join(f"{s.name}{list(s.concrete(batch))}:{s.dtype}" for s in recipe.model.inputs)
         raise ModelError(f"the model fails on inputs {shapes}: {type(exc).__name__}: {_first_line(exc)}",
                          code="E304", location=where, field="model.inputs") from None
-    dynamic = _dynamic_shapes(recipe.model.inputs, recipe.model.batch)
+    dynamic = _for_signature(model, _dynamic_shapes(recipe.model.inputs, recipe.model.batch))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -258,6 +259,15 @@ def _dynamic_shapes(specs: list[InputSpec], sizes: list[int]):
         return None
     dim = torch.export.Dim("batch", min=1, max=max(max(sizes), 2))
     return tuple({s.shape.index("batch"): dim} if "batch" in s.shape else None for s in specs)
+
+
+def _for_signature(model: torch.nn.Module, dynamic):
+    """torch.export wants the dims of a forward(x, *rest) nested as the signature is: (x, (rest...))."""
+    if dynamic is None:
+        return None
+    params = list(inspect.signature(model.forward).parameters.values())
+    star = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+    return dynamic if star is None else (*dynamic[:star], tuple(dynamic[star:]))
 
 
 def _drop_guards(gm: torch.fx.GraphModule) -> None:

@@ -204,3 +204,27 @@ def test_a_damaged_torch_file_is_not_called_a_pickle_of_objects(repo, capsys):
     (repo / "w.pt").write_bytes(b"\x80\x02garbage that is no pickle")
     exc = failing(repo, with_weights("w.pt"), capsys, "E302", "w.pt", "model.weights")
     assert "never unpickles" not in exc.problems[0].message and "not a PyTorch weights file" in exc.problems[0].message
+
+
+class StarArgs(torch.nn.Module):
+    """forward(*args), as generic wrappers around Hugging Face models are written."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, *args):
+        return self.fc(args[0])
+
+
+def star_args():
+    torch.manual_seed(0)
+    return StarArgs()
+
+
+def test_a_forward_with_star_args_captures_with_a_dynamic_batch(repo):
+    text = with_entrypoint("tests.test_capture_errors:star_args")
+    captured = capture.capture(recipe.load(write_recipe(repo, text)))
+    x = torch.randn(3, 4)  # neither of the sizes captured (batch: [1, 4] exports at 2)
+    with torch.no_grad():
+        torch.testing.assert_close(capture.flatten(captured.graph(x))[0], star_args()(x))
