@@ -26,7 +26,7 @@ from . import __version__, artifact, signing
 from .errors import ArtifactError
 
 ENTRYPOINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-PACKAGES = ("torch", "apache-tvm", "apache-tvm-ffi", "numpy")
+PACKAGES = ("torch", "apache-tvm", "apache-tvm-ffi", "numpy", "transformers")
 ENV = "ACCELC_CACHE_DIR"
 TMP = ".tmp-"
 
@@ -45,6 +45,7 @@ def key(loaded, spec) -> str:
         "sources": {top: _package_digest(top, loaded.root) for top in
                     sorted({s.split(":")[0].split(".")[0] for s in strings if ENTRYPOINT.match(s)})},
         "files": {s: artifact.sha256_file(p) for s in sorted(set(strings)) if (p := _inside(loaded.root, s))},
+        "huggingface": _huggingface_digest(loaded),
         "accelc": [__version__, _tree_digest(Path(__file__).resolve().parent)],
         "versions": {name: _version(name) for name in PACKAGES} | {"python": sys.version.split()[0]},
         "tuning": _tuning_records(loaded, spec),
@@ -84,6 +85,19 @@ def _package_digest(top: str, root: Path) -> str:
         return artifact.sha256_file(root / f"{top}.py")
     dists = metadata.packages_distributions().get(top, [])
     return ",".join(f"{d}=={_version(d)}" for d in dists) or "unknown"
+
+
+def _huggingface_digest(loaded) -> str | None:
+    """Every file of a model.huggingface directory (config, weights): a hub id in the cache counts by
+    its name and the transformers version only."""
+    source = loaded.recipe.model.huggingface
+    folder = loaded.root / source.path if source is not None and source.path else None
+    if folder is None or not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder)}\0{artifact.sha256_file(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def _tree_digest(folder: Path) -> str:

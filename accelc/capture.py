@@ -82,6 +82,9 @@ def _shown(path: Path, root: Path) -> str:
 
 def build_model(loaded: LoadedRecipe) -> torch.nn.Module:
     section = loaded.recipe.model
+    if section.huggingface is not None:
+        from . import huggingface
+        return huggingface.build(loaded)
     where = loaded.where("model", "entrypoint")
     factory = import_entrypoint(section.entrypoint, loaded.root, where)
     try:

@@ -93,9 +93,35 @@ class InputSpec(Strict):
         return tuple(batch if d == "batch" else int(d) for d in self.shape)
 
 
+HF_TASKS = ("feature-extraction", "causal-lm", "masked-lm", "seq2seq-lm", "sequence-classification",
+            "token-classification", "question-answering", "image-classification", "audio-classification")
+
+
+class HuggingFaceSource(Strict):
+    path: str | None = Field(None, description="A directory written by save_pretrained (config.json and "
+                             "weights), relative to the repository, or a hub id already in the local Hugging "
+                             "Face cache. Nothing is downloaded.")
+    task: Literal[HF_TASKS] = Field("feature-extraction", description="Which head to load: "  # type: ignore[valid-type]
+                                    f"{', '.join(HF_TASKS)} (feature-extraction: the bare model).")
+    config: dict[str, Any] = Field(default_factory=dict, description="Config fields to set (num_labels, "
+                                   "hidden sizes, ...). Without a path it must name model_type.")
+    random_weights: bool = Field(False, description="Build from the config with random weights (seeded): for "
+                                 "tests and benchmarks of an architecture; no weights are read.")
+    outputs: list[str] | None = Field(None, min_length=1, description="Output fields to keep, in the model "
+                                      "output's order (e.g. [logits]); default: all of them.")
+
+    @model_validator(mode="after")
+    def _source(self):
+        if self.path is None and not (self.random_weights and "model_type" in self.config):
+            raise located_error("give a path, or random_weights: true with config.model_type", "path")
+        return self
+
+
 class ModelSection(Strict):
-    entrypoint: str = Field(pattern=ENTRYPOINT, description="'package.module:callable' returning an nn.Module, "
-                            "imported relative to the recipe's repository.")
+    entrypoint: str | None = Field(None, pattern=ENTRYPOINT, description="'package.module:callable' returning an "
+                                   "nn.Module, imported relative to the recipe's repository.")
+    huggingface: HuggingFaceSource | None = Field(None, description="A transformers model instead of an "
+                                                  "entrypoint: the recipe's inputs are passed to it by name.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the entrypoint.")
     weights: str | None = Field(None, description="Weights file (.safetensors, or .pt loaded with "
                                 "weights_only=True), relative to the recipe's repository.")
@@ -112,6 +138,11 @@ class ModelSection(Strict):
 
     @model_validator(mode="after")
     def _sizes(self):
+        if (self.entrypoint is None) == (self.huggingface is None):
+            raise located_error("give model.entrypoint or model.huggingface (one of them)", "entrypoint")
+        if self.huggingface is not None and (self.kwargs or self.weights):
+            raise located_error("kwargs and weights go with an entrypoint; a Hugging Face model takes its "
+                                "weights from huggingface.path", "kwargs" if self.kwargs else "weights")
         names = [i.name for i in self.inputs]
         for index, name in enumerate(names):
             if name in names[:index]:
