@@ -97,3 +97,15 @@ def test_decoder_language_models_build_and_verify(repo, name):
     with torch.no_grad():
         expected = model(torch.from_numpy(ids)).numpy()
     np.testing.assert_allclose(runtime.load(repo / f"out-{name}")(ids), expected, rtol=1e-3, atol=1e-4)
+
+
+def test_an_op_tvm_cannot_compile_is_named_with_its_source_line(repo, monkeypatch, capsys):
+    """TVM's message names no op here (an LLVM check on bools): the failing kernel is found alone."""
+    monkeypatch.setattr(repairs, "CONVERTERS", {})
+    path = write_recipe(repo, CUMSUM.replace("name: positions", "name: named-error"), "named-error.yaml")
+    with pytest.raises(UnsupportedOpError) as info:
+        compile_mod.build(path, output=repo / "out-named-error", log=lambda line: None)
+    located = [p for p in info.value.problems if p.message.startswith("TVM failed to compile op")]
+    assert located, info.value.format()  # the multiply of the (bool) cumsum: where LLVM gives up
+    assert all(p.location.startswith("node ") and "test_repairs.py:" in p.location for p in located), \
+        info.value.format()

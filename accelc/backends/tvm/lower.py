@@ -26,6 +26,7 @@ class Lowered:
     program: torch.export.ExportedProgram
     unaligned_inputs: tuple[int, ...] = ()  # set by compile_module: inputs its kernels take at any alignment
     repairs: list[dict] = field(default_factory=list)  # repairs.py rules applied: [{repair, nodes}]
+    input_ranges: dict[str, tuple] = field(default_factory=dict)  # set by compile._lower (index_bounds.py)
 
 
 def export_program(gm: torch.fx.GraphModule, example_inputs, dynamic_shapes) -> torch.export.ExportedProgram:
@@ -111,16 +112,54 @@ def compile_module(lowered: Lowered, target, database=None, cuda_archs=()):
             lowered.unaligned_inputs = tuple(sorted(unaligned.free)) if unaligned is not None else ()
             return executable
     except (RuntimeError, ValueError, TypeError) as exc:  # TVM raises RuntimeError subclasses
-        raise _compile_error(exc, lowered.program) from None
+        raise _compile_error(exc, lowered, target) from None
 
 
-def _compile_error(exc: Exception, program) -> UnsupportedOpError:
-    text = str(exc)
+def _compile_error(exc: Exception, lowered: Lowered, target) -> UnsupportedOpError:
+    """E401 naming the ops involved: those TVM's message names, else those whose kernels fail to
+    compile on their own (found by compiling each legalized kernel alone, on the error path only)."""
+    text, program = str(exc), lowered.program
     summary = next((ln for ln in reversed(text.splitlines()) if ln.strip()), text)[:400]
-    ops = {n.target.__name__.split(".")[0]: n for n in program.graph.nodes if n.op == "call_function"}
-    named = [n for name, n in ops.items() if re.search(rf"\b{re.escape(name)}\b", text)]
-    problems = [Problem("E401", f"TVM failed to compile op {n.target.__name__}", node_location(n)) for n in named]
+    ops: dict[str, list] = {}
+    for node in program.graph.nodes:
+        if node.op == "call_function" and hasattr(node.target, "__name__"):
+            ops.setdefault(node.target.__name__.split(".")[0], []).append(node)
+    named = [name for name in ops if re.search(rf"\b{re.escape(name)}\b", text)]
+    if not named:
+        words = {word for kernel in _failing_kernels(lowered.mod, target) for word in kernel.rstrip("0123456789")
+                 .split("_")}
+        words |= {aten for word in list(words) for aten in RELAX_TO_ATEN.get(word, ())}
+        named = [name for name in ops if name in words]
+    problems = [Problem("E401", f"TVM failed to compile op {node.target.__name__}", node_location(node))
+                for name in named for node in ops[name]]
     return UnsupportedOpError(f"TVM could not compile the model: {summary}", code="E401", problems=problems)
+
+
+# Legalized kernels are named after Relax ops; the ATen ops they come from, where the names differ.
+RELAX_TO_ATEN = {"multiply": ("mul",), "subtract": ("sub", "rsub"), "divide": ("div",), "power": ("pow",),
+                 "greater": ("gt",), "less": ("lt",), "equal": ("eq",), "not": ("ne",), "take": ("embedding",
+                 "index_select", "index"), "matmul": ("mm", "bmm", "addmm", "matmul", "linear"),
+                 "strided": ("slice",), "concat": ("cat",), "transpose": ("permute", "transpose"),
+                 "sum": ("sum", "mean"), "max": ("amax", "max"), "min": ("amin", "min")}
+
+
+def _failing_kernels(mod: tvm.IRModule, target) -> list[str]:
+    """Names of the legalized kernels that fail to compile alone (CPU targets: no schedule needed)."""
+    if target.kind.name != "llvm":
+        return []
+    try:
+        with target:
+            legal = relax.transform.LegalizeOps()(mod)
+    except Exception:  # legalization itself failed: nothing to bisect
+        return []
+    failing = []
+    for gvar, func in legal.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            try:
+                tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+            except Exception:
+                failing.append(gvar.name_hint)
+    return failing
 
 
 def export_library(executable, path: Path, target_spec) -> dict | None:
