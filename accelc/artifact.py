@@ -44,9 +44,24 @@ def check_destination(dest: Path) -> None:
     """`dest` may be written only if it is absent, an empty directory or an accelc artifact: we
     never delete what someone else owns. Checked before a build starts and again, under the lock,
     just before the swap."""
+    _check_parents(dest)
     if dest.exists() and not is_artifact(dest) and not _empty_dir(dest):
         raise ArtifactError(f"output {dest} exists and is not an accelc artifact; refusing to replace it",
                             code="E703", hint="choose another --output or remove it yourself")
+
+
+def _check_parents(dest: Path) -> None:
+    """The nearest existing parent of `dest` must be a directory we can write in: else the build
+    would fail only when it writes the artifact, after all its work ("File exists")."""
+    parent = next((p for p in dest.parents if os.path.lexists(p)), None)
+    if parent is None:
+        return
+    if not parent.is_dir():
+        raise ArtifactError(f"output {dest}: {parent} is not a directory", code="E703",
+                            hint="choose another --output")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ArtifactError(f"output {dest}: cannot create it in {parent}: permission denied", code="E703",
+                            hint="choose another --output")
 
 
 def preflight(dest: Path, key: str | bytes | None = None) -> None:

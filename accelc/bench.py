@@ -101,19 +101,21 @@ def _onnxruntime(model, inputs, threads):
         import torch
     except ImportError:
         return "skipped: onnxruntime is not installed"
-    path = Path(tempfile.mkdtemp(prefix="accelc-bench-")) / "model.onnx"
+    names = [f"input{i}" for i in range(len(inputs))]
     try:
-        names = [f"input{i}" for i in range(len(inputs))]
-        torch.onnx.export(model, tuple(torch.from_numpy(a) for a in inputs), str(path), input_names=names,
-                          dynamo=False)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed = dict(zip(names, inputs))
-        return lambda: session.run(None, feed)[0]
+        # the session holds the model (and any external weights) once made: the file can go
+        with tempfile.TemporaryDirectory(prefix="accelc-bench-") as folder:
+            path = Path(folder) / "model.onnx"
+            torch.onnx.export(model, tuple(torch.from_numpy(a) for a in inputs), str(path), input_names=names,
+                              dynamo=False)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         return f"skipped: ONNX export/session failed: {str(exc).splitlines()[0][:80]}"
+    feed = dict(zip(names, inputs))
+    return lambda: session.run(None, feed)[0]
 
 
 def compare(model, inputs: list[np.ndarray], systems: dict[str, Callable], threads: int, calls: int = 2000,

@@ -1,16 +1,27 @@
 """Command line: argument parsing and printing only; the library does the work.
 
-Exit codes: 0 ok, 1 verification failed, 2 user error, 3 internal error (a bug).
+Exit codes: 0 ok, 1 verification failed, 2 user error, 3 internal error (a bug), 141 the reader of
+our output went away (`accelc schema | head`), as a shell reports for git and coreutils.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import platform
+import select
 import sys
+import tempfile
+import textwrap
 import traceback
+from importlib import metadata
 from pathlib import Path
 
 from .errors import EXIT_INTERNAL_ERROR, EXIT_OK, EXIT_USER_ERROR, EXIT_VERIFY_FAILED, AccelcError, ArtifactError
+
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell shows for a process killed by SIGPIPE (git, cat, ...)
+WIDTH = 100  # columns for tables meant to be read in a terminal
 
 
 def _cmd_build(args) -> int:
@@ -63,10 +74,28 @@ def _cmd_schema(args) -> int:
 
 def _cmd_targets(args) -> int:
     from . import targets
-    rows = [(t.name, ", ".join(t.aliases), t.device, ", ".join(t.dtypes), "yes" if t.runs_here()[0] else "no",
-             t.description) for t in targets.load_all(Path.cwd()).values()]
-    _table(["target", "aliases", "device", "dtypes", "runs here", "description"], rows)
+    print("\n".join(_target_lines(list(targets.load_all(Path.cwd()).values()))))
     return EXIT_OK
+
+
+def _target_lines(specs: list, width: int = WIDTH) -> list[str]:
+    """A table of the short facts, each target's description and dtypes indented below its row:
+    one row of everything was ~200 columns wide."""
+    rows = [(t.name, t.device, "yes" if t.runs_here()[0] else "no") for t in specs]
+    header = ("target", "device", "runs here")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    indent = sum(widths) + 2 * len(widths)  # where the aliases column starts
+    aliases = [textwrap.wrap(", ".join(t.aliases), max(20, width - indent)) or ["-"] for t in specs]
+    alias_width = max(len("aliases"), *(len(line) for lines in aliases for line in lines))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  aliases",
+             "  ".join("-" * w for w in (*widths, alias_width))]
+    for spec, row, names in zip(specs, rows, aliases):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + names[0])
+        lines += [" " * indent + name for name in names[1:]]
+        lines += textwrap.wrap(spec.description, width, initial_indent="    ", subsequent_indent="    ")
+        lines += textwrap.wrap(", ".join(spec.dtypes), width, initial_indent="    dtypes: ",
+                               subsequent_indent=" " * 12)
+    return lines
 
 
 def _cmd_doctor(args) -> int:
@@ -89,14 +118,12 @@ def _cmd_verify(args) -> int:
 def _cmd_bench(args) -> int:
     from . import bench
     target = Path(args.path)
-    if target.is_file():  # a recipe: build it first, into a temporary artifact
-        import tempfile
-
-        from .compile import build
-        target = build(target, output=Path(tempfile.mkdtemp(prefix="accelc-bench-")) / "artifact",
-                       log=_progress).output
-    batches = [int(b) for b in args.batch.split(",")] if args.batch else None
-    results = bench.bench_artifact(target, batches, args.threads, args.calls, rounds=args.rounds)
+    with contextlib.ExitStack() as scratch:
+        if target.is_file():  # a recipe: build it first, into a temporary artifact removed when done
+            from .compile import build
+            folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="accelc-bench-")))
+            target = build(target, output=folder / "artifact", log=_progress).output
+        results = bench.bench_artifact(target, args.batch, args.threads, args.calls, rounds=args.rounds)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if args.plot:
@@ -107,7 +134,8 @@ def _cmd_bench(args) -> int:
 
 def _cmd_serve(args) -> int:
     from .serve import ServeOptions, serve
-    given = {name: getattr(args, name) for name in ("max_batch_rows", "max_body_bytes", "micro_batch_ms", "threads")}
+    given = {name: getattr(args, name) for name in ("max_batch_rows", "max_body_bytes", "micro_batch_ms", "threads",
+                                                    "body_timeout_s")}
     options = ServeOptions(reject_nonfinite=args.reject_nonfinite,
                            **{name: value for name, value in given.items() if value is not None})  # else defaults
     serve(args.artifact, host=args.host, port=args.port, options=options, log=_progress)
@@ -175,10 +203,56 @@ def _positive(text: str) -> int:
     return value
 
 
+def _batch_sizes(text: str) -> list[int]:
+    """argparse type: comma-separated batch sizes, each >= 1."""
+    return [_positive(part.strip()) for part in text.split(",")]
+
+
+def _output_file(text: str) -> str:
+    """argparse type: a file that can be written, checked now rather than after minutes of work."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{path.parent} is not an existing directory")
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{text} cannot be written here: permission denied")
+    return text
+
+
+class _Versions(argparse.Action):
+    """--version, from package metadata: importing torch or TVM to ask would take seconds, and fail
+    where they are missing."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the versions of accelc, Python, torch and TVM, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print("\n".join(f"{name} {version}" for name, version in versions().items()))
+        parser.exit()
+
+
+def versions() -> dict[str, str]:
+    from . import __version__
+    return {"accelc": __version__, "python": platform.python_version(), "torch": _installed("torch"),
+            "tvm": _installed("apache-tvm", "tvm")}  # a source build of TVM installs as "tvm"
+
+
+def _installed(*distributions: str) -> str:
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="accelc", description="Declarative model compiler: recipe -> verified "
                                   "TVM artifact.", epilog="exit codes: 0 ok, 1 verification failed, 2 user error, "
                                   "3 internal error")
+    top.add_argument("--version", action=_Versions)
     sub = top.add_subparsers(dest="command", required=True)
     p = sub.add_parser("build", help="compile a recipe into a verified artifact")
     p.add_argument("recipe")
@@ -217,13 +291,15 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time an artifact (or a recipe, built first) against PyTorch, "
                        "torch.compile and ONNX Runtime")
     p.add_argument("path", help="recipe file or artifact directory")
-    p.add_argument("--batch", help="comma-separated batch sizes (default: the artifact's)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--calls", type=int, default=2000, help="timed calls per system and batch (after warm-up)")
+    p.add_argument("--batch", type=_batch_sizes, metavar="SIZES",
+                   help="comma-separated batch sizes (default: the artifact's)")
+    p.add_argument("--threads", type=_positive, default=1, metavar="N", help="threads for every system (default 1)")
+    p.add_argument("--calls", type=_positive, default=2000, metavar="N",
+                   help="timed calls per system and batch (after warm-up)")
     p.add_argument("--rounds", type=_positive, default=5,
                    help="the systems take turns in this many rounds (median of the rounds; default 5)")
-    p.add_argument("--json", help="write the results as JSON here")
-    p.add_argument("--plot", help="write a PNG of latency vs batch size here")
+    p.add_argument("--json", type=_output_file, metavar="FILE", help="write the results as JSON here")
+    p.add_argument("--plot", type=_output_file, metavar="FILE", help="write a PNG of latency vs batch size here")
     p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("serve", help="serve an artifact over HTTP JSON (POST /predict, GET /health, GET /metadata)")
     p.add_argument("artifact")
@@ -236,6 +312,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reject-nonfinite", action="store_true", help="refuse NaN/Inf in float inputs (default: accept; "
                    "null means NaN)")
     p.add_argument("--threads", type=_positive, help="predictor threads (default: CPU cores, at most 4)")
+    p.add_argument("--body-timeout", type=float, dest="body_timeout_s", metavar="SECONDS",
+                   help="answer 408 and close a connection that sends no body bytes for this long (default 30)")
     p.set_defaults(func=_cmd_serve)
     p = sub.add_parser("inspect", help="print an artifact's manifest")
     p.add_argument("artifact")
@@ -245,6 +323,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _run(argv)
+    try:
+        sys.stdout.flush()  # a reader gone away shows here, not as the interpreter's exit-time complaint
+    except BrokenPipeError:
+        return _silence_stdout()
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         args = parser().parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage (error: 2) or --help (0)
@@ -257,11 +344,36 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_USER_ERROR
-    except Exception:  # a bug: show everything
+    except Exception as exc:  # a bug: show everything
+        if isinstance(exc, BrokenPipeError) and _stdout_gone():  # `accelc schema | head`: not a bug
+            return _silence_stdout()
         traceback.print_exc()
         print("internal error: this is a bug in accelc; please report it with the traceback above",
               file=sys.stderr)
         return EXIT_INTERNAL_ERROR
+
+
+def _stdout_gone() -> bool:
+    """Is stdout a pipe or socket whose reader has gone? Then the write end polls as an error. (A
+    broken pipe elsewhere, an RPC socket say, is still a bug to report.)"""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False  # not a real stream (tests capture it): the broken pipe was something else
+    if not hasattr(select, "poll"):
+        return True  # Windows: no poll on pipes; stdout is still the likeliest pipe to break
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _silence_stdout() -> int:
+    """Exit quietly as git does; stdout now goes to /dev/null, so that the interpreter's own flush at
+    exit does not fail on what is still buffered."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
+    return EXIT_BROKEN_PIPE
 
 
 def entry() -> None:

@@ -7,6 +7,11 @@ from pathlib import Path
 from . import emulate, host, targets
 from .errors import AccelcError
 
+# as benchmarks/gpu_check.sh's usage says (a test holds them together): pack here, run there
+GPU_HINT = ("verify on a GPU host: `bash benchmarks/gpu_check.sh pack OUT --python 3.12 ARTIFACT...` here "
+            "(3.12: the GPU host's Python), copy OUT there, run `bash OUT/src/benchmarks/gpu_check.sh run OUT` "
+            "(or `accelc verify ARTIFACT` where accelc is installed)")
+
 
 @dataclass
 class Finding:
@@ -41,7 +46,7 @@ def check(spec) -> Finding:
                      f"{emulate.root_dir(spec.arch)})")
         return Finding(spec.name, build, build_note, "no", reason, fixes)
     if spec.device == "cuda":
-        fixes.append("verify on a GPU host: `bash benchmarks/gpu_check.sh ARTIFACT...` (or `accelc verify ARTIFACT`)")
+        fixes.append(GPU_HINT)
     return Finding(spec.name, build, build_note, "no", why, fixes)
 
 

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
+
+import pytest
 
 from accelc import bench
 from accelc.cli import main
-from tests.fixtures.helpers import shared_artifact
+from tests.fixtures.helpers import TINY_RECIPE, cli, make_repo, shared_artifact, write_recipe
 
 
 def test_time_calls_counts_and_orders_percentiles():
@@ -52,3 +56,60 @@ def test_compare_reports_the_median_round_and_the_quietest_one(monkeypatch):
     assert np.isclose(row["bound_pct"], 100 * flops / 20e3 / bound)
     assert np.isclose(row["best_round_bound_pct"], 100 * flops / 10e3 / bound)
     assert "quietest round" in bench.format_rows([row], "title")
+
+
+def no_work(*args, **kwargs):
+    raise AssertionError("a bad argument must be refused before any work")
+
+
+@pytest.mark.parametrize("argv", [["--batch", "abc"], ["--batch=-3"], ["--batch", "1,,2"], ["--threads", "0"],
+                                  ["--calls", "0"], ["--json", "{missing}/out.json"], ["--plot", "{missing}/p.png"],
+                                  ["--json", "{here}"], ["--plot", "{file}/p.png"]])
+def test_bad_bench_arguments_exit_2_before_any_work(argv, tmp_path, capsys, monkeypatch):
+    from accelc import compile
+    monkeypatch.setattr(bench, "bench_artifact", no_work)
+    monkeypatch.setattr(compile, "build", no_work)
+    (tmp_path / "afile").write_text("")
+    places = {"missing": tmp_path / "missing", "here": tmp_path, "file": tmp_path / "afile"}
+    recipe = write_recipe(make_repo(tmp_path / "repo"), TINY_RECIPE)
+    rc, out, err = cli(["bench", recipe, *(a.format(**places) for a in argv)], capsys)
+    assert rc == 2 and "usage:" in err and "Traceback" not in out + err, err
+
+
+def test_onnxruntime_peer_leaves_no_temporary_files(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import torch
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    layer, inputs = torch.nn.Linear(8, 4), [np.ones((2, 8), np.float32)]
+    peer = bench._onnxruntime(layer, inputs, threads=1)
+    assert not isinstance(peer, str), peer
+    with torch.no_grad():  # the session works with its model file gone
+        np.testing.assert_allclose(peer(), layer(torch.from_numpy(inputs[0])).numpy(), rtol=1e-5, atol=1e-6)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_bench_of_a_recipe_removes_the_artifact_it_built(fails, tmp_path, capsys, monkeypatch):
+    """The recipe's artifact is built into a temporary directory, gone after the run, also after an error."""
+    from accelc import compile
+    from accelc.errors import ArtifactError
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    built = []
+
+    def build(recipe, output, log):
+        Path(output).mkdir(parents=True)
+        built.append(Path(output))
+        return type("Result", (), {"output": Path(output)})
+
+    def bench_artifact(folder, batches, threads, calls, rounds):
+        assert Path(folder) == built[0] and folder.is_dir()
+        if fails:
+            raise ArtifactError("planted", code="E701")
+        return {"batches": {}}
+    monkeypatch.setattr(compile, "build", build)
+    monkeypatch.setattr(bench, "bench_artifact", bench_artifact)
+    rc, _, err = cli(["bench", write_recipe(make_repo(tmp_path / "repo"), TINY_RECIPE)], capsys)
+    assert rc == (2 if fails else 0) and ("E701" in err) == fails
+    assert built and not built[0].exists() and list((tmp_path / "tmp").iterdir()) == []

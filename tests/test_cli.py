@@ -2,10 +2,16 @@
 as a coded error without a traceback, and the validate/schema/targets/inspect/verify commands."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
+import platform
 import re
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -112,12 +118,125 @@ def test_schema_is_a_json_schema_with_descriptions(capsys):
         jsonschema.validate(yaml.safe_load(TINY_RECIPE.replace("entrypoint:", "entrypont:")), schema)
 
 
+def target_records(out: str) -> dict[str, str]:
+    """`accelc targets` output -> {target: its row and the indented lines below it}."""
+    records: dict[str, str] = {}
+    for line in out.splitlines()[2:]:
+        if line.startswith(" "):
+            records[name] += "\n" + line
+        else:
+            name = line.split()[0]
+            records[name] = line
+    return records
+
+
 def test_targets_lists_what_each_supports(capsys):
     rc, out, _ = cli(["targets"], capsys)
     assert rc == 0
-    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    rows = target_records(out)
     assert {"x86", "aarch64", "cuda-sm80"} <= set(rows)
     assert "x86_64" in rows["x86"] and "float32" in rows["x86"] and "bfloat16" not in rows["aarch64"]
+    assert "Haswell" in rows["x86"]  # the description, whole
+
+
+def test_targets_fit_in_100_columns(capsys):
+    from accelc import targets
+    rc, out, _ = cli(["targets"], capsys)
+    assert rc == 0 and max(len(line) for line in out.splitlines()) <= 100
+    flat = {name: " ".join(text.split()) for name, text in target_records(out).items()}
+    for spec in targets.load_all(ROOT).values():  # nothing was cut to fit: every fact is still there
+        assert all(text in flat[spec.name] for text in (spec.description, ", ".join(spec.dtypes), *spec.aliases))
+
+
+def test_doctor_gpu_hint_matches_gpu_check_usage():
+    """The hint's command lines are the ones benchmarks/gpu_check.sh prints as its usage, optional
+    [arguments] given or not."""
+    from accelc import doctor
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                          timeout=30)
+    usage = [line.strip() for line in done.stdout.splitlines() if line.strip().startswith("bash ")]
+    assert done.returncode == 2 and len(usage) == 2, done.stdout  # pack, then run
+    commands = [c for c in re.findall(r"`([^`]*)`", doctor.GPU_HINT) if c.startswith("bash ")]
+    assert len(commands) == 2
+    for command, line in zip(commands, usage):
+        forms = {" ".join(re.sub(r"\[([^]]*)\]", r"\1", line).split()),  # with the optional part
+                 " ".join(re.sub(r"\[[^]]*\]", "", line).split())}  # without it
+        assert " ".join(command.split()) in forms, (command, line)
+    from accelc import targets
+    finding = doctor.check(targets.load_all(ROOT)["cuda-sm80"])
+    assert finding.verify == "native" or doctor.GPU_HINT in finding.fixes  # what doctor says without a GPU
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="sizes the pipe (Linux)")
+def test_broken_pipe_exits_quietly():
+    """`accelc schema | head -2`: the reader goes away after a little; no traceback, not exit 3."""
+    reader, writer = os.pipe()
+    fcntl.fcntl(writer, fcntl.F_SETPIPE_SZ, 4096)  # smaller than the schema (26 KB): not all of it fits
+    process = subprocess.Popen([sys.executable, "-m", "accelc", "schema"], cwd=ROOT, stdout=writer,
+                               stderr=subprocess.PIPE)
+    os.close(writer)
+    with open(reader, "rb") as pipe:
+        assert pipe.read(100)
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141 and err == ""
+
+
+def test_broken_pipe_at_the_last_flush_exits_quietly():
+    """`accelc validate ... --json | head -1` with output small enough to sit in the buffer until exit."""
+    process = subprocess.Popen([sys.executable, "-m", "accelc", "validate", *sorted(ROOT.glob("recipes/*.yaml")),
+                                "--json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before it writes anything
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141 and err == ""
+
+
+def test_version_is_quick_and_imports_neither_torch_nor_tvm():
+    probe = ("import sys; from accelc.cli import main; code = main(['--version']); "
+             "print(code, sorted(m for m in ('torch', 'tvm', 'pydantic') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    lines = done.stdout.splitlines()
+    assert done.stderr == "" and lines[-1] == "0 []"
+    from importlib import metadata
+
+    import accelc
+    assert lines[:4] == [f"accelc {accelc.__version__}", f"python {platform.python_version()}",
+                         f"torch {metadata.version('torch')}", f"tvm {metadata.version('apache-tvm')}"]
+
+
+def test_version_without_torch(capsys, monkeypatch):
+    from importlib import metadata
+    real = metadata.version
+
+    def version(name):
+        if name == "torch":
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+    monkeypatch.setattr(metadata, "version", version)
+    rc, out, _ = cli(["--version"], capsys)
+    assert rc == 0 and "torch not installed" in out.splitlines()
+
+
+def test_output_under_a_file_fails_before_any_work(tmp_path, capsys):
+    repo = make_repo(tmp_path)
+    (repo / "afile").write_text("mine")
+    for cache in (["--no-cache"], []):
+        rc, out, err = cli(["build", write_recipe(repo, TINY_RECIPE), "--output", repo / "afile" / "sub", *cache],
+                           capsys)
+        assert rc == 2 and "error[E703]" in err and "Traceback" not in out + err
+        assert f"{repo / 'afile'} is not a directory" in err
+        assert "capturing" not in out  # refused at step 1, before the model is even loaded
+    assert (repo / "afile").read_text() == "mine"
+
+
+def test_output_where_we_cannot_write_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    repo = make_repo(tmp_path)
+    (repo / "locked").mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != repo / "locked" and real(path, mode))
+    rc, out, err = cli(["build", write_recipe(repo, TINY_RECIPE), "--output", repo / "locked" / "a" / "b",
+                        "--no-cache"], capsys)
+    assert rc == 2 and "error[E703]" in err and "permission denied" in err and "Traceback" not in err
+    assert "capturing" not in out and not (repo / "locked" / "a").exists()
 
 
 def test_inspect(capsys):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -22,7 +24,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from accelc import runtime  # noqa: E402
+from accelc import runtime, serve  # noqa: E402
 from accelc.errors import InputError  # noqa: E402
 from accelc.serve import ServeOptions, bind, create_app, server  # noqa: E402
 from tests.fixtures.helpers import ROOT, assert_cli_user_error, pair_eager, pair_inputs, shared_artifact  # noqa: E402
@@ -32,9 +34,9 @@ LIMITS = {"max_batch_rows": 16, "max_body_bytes": 64 << 10, "threads": 2}
 
 
 @contextmanager
-def live(predictor, **options):
+def live(predictor, log_level: str = "warning", **options):
     """uvicorn serving create_app(predictor) on 127.0.0.1:<free port> in a thread; yields the base URL."""
-    uv = server(create_app(predictor, ServeOptions(**options)), log_level="warning")
+    uv = server(create_app(predictor, ServeOptions(**options)), log_level=log_level)
     sock = bind("127.0.0.1", 0)
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -219,7 +221,8 @@ def test_reject_nonfinite(predictor, value):
 
 
 def test_bad_options_and_ports_are_coded_errors(predictor):
-    for options in ({"micro_batch_ms": -1}, {"micro_batch_ms": math.nan}, {"threads": 0}, {"max_body_bytes": 0}):
+    for options in ({"micro_batch_ms": -1}, {"micro_batch_ms": math.nan}, {"threads": 0}, {"max_body_bytes": 0},
+                    {"body_timeout_s": 0}, {"body_timeout_s": math.nan}, {"body_timeout_s": math.inf}):
         with pytest.raises(InputError) as info:
             ServeOptions(**options)
         assert info.value.code == "E804"
@@ -237,6 +240,82 @@ def test_cli_errors(capsys, tmp_path):
     assert_cli_user_error(["serve", tmp_path / "missing"], capsys, "E700")
     assert_cli_user_error(["serve", shared_artifact(), "--micro-batch-ms", "-5"], capsys, "E804")
     assert_cli_user_error(["serve", shared_artifact(), "--port", "70000"], capsys, "E814")
+    assert_cli_user_error(["serve", shared_artifact(), "--body-timeout", "-1"], capsys, "E804")
+
+
+# ---- clients that stall or go away mid-body -----------------------------------------------------
+
+@contextmanager
+def server_log():
+    """The lines the server logs meanwhile (uvicorn's loggers and the root), tracebacks included."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.extend(self.format(record).splitlines())
+
+    handler, loggers = Collect(), [logging.getLogger("uvicorn"), logging.getLogger()]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def half_request(base: str, body: bytes) -> socket.socket:
+    """A raw connection that declares a 1000-byte body and sends only `body`."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = socket.create_connection((host, int(port)), timeout=30)
+    conn.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n" + body)
+    return conn
+
+
+def read_until_closed(conn: socket.socket) -> bytes:
+    received = b""
+    while chunk := conn.recv(4096):
+        received += chunk
+    return received
+
+
+def assert_still_serving(base: str) -> None:
+    a, b = pair_inputs(2, seed=4)
+    with httpx.Client(base_url=base, timeout=30) as http:
+        np.testing.assert_allclose(outputs(post(http, {"inputs": [a.tolist(), b.tolist()]})), pair_eager(a, b),
+                                   rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("clock", ["asyncio.timeout", "wait_for"])  # Python 3.11+, and 3.10's way
+def test_a_stalled_body_gets_408_and_the_connection_is_closed(predictor, clock, monkeypatch):
+    if clock == "wait_for":
+        monkeypatch.setattr(serve, "ASYNCIO_TIMEOUT", False)
+    elif not serve.ASYNCIO_TIMEOUT:
+        pytest.skip("Python 3.10 has no asyncio.timeout")
+    with live(predictor, body_timeout_s=0.5) as base:
+        conn = half_request(base, b'{"inputs":')
+        start = time.monotonic()
+        with conn:
+            answer = read_until_closed(conn)  # returns once the server closes the connection
+        took = time.monotonic() - start
+        assert 0.4 <= took < 5, took
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head.lower()
+        error = json.loads(body)["error"]
+        assert error["code"] == "E815" and "10 received of 1000" in error["message"], error
+        assert_still_serving(base)
+
+
+def test_a_client_gone_mid_body_is_one_log_line(predictor):
+    with live(predictor, log_level="info") as base, server_log() as lines:
+        half_request(base, b'{"inputs": [' + b"1.0, " * 100).close()
+        deadline = time.monotonic() + 10
+        while not lines and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert_still_serving(base)  # (the access log is off at info: this request logs nothing)
+        time.sleep(0.2)  # whatever else the disconnect logs has arrived
+        assert len(lines) == 1 and "closed the connection before sending the whole body" in lines[0], lines
 
 
 # ---- micro-batching -----------------------------------------------------------------------------
