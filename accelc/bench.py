@@ -3,9 +3,11 @@ ONNX Runtime on the same inputs, same thread count, in one run. Peers that are n
 installed are skipped with a note."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -72,13 +74,15 @@ def cpu_ghz() -> float:
 def peer_callables(model, inputs: list[np.ndarray], threads: int) -> dict[str, Callable | str]:
     """name -> zero-argument callable, or a string saying why the peer was skipped."""
     import torch
+
+    from .capture import flatten  # every output, as the artifact returns them (dicts, ModelOutputs)
     torch.set_num_threads(threads)
     tensors = [torch.from_numpy(a) for a in inputs]
     peers: dict[str, Callable | str] = {}
 
     def eager():
         with torch.no_grad():
-            return model(*tensors).numpy()
+            return [t.numpy() for t in flatten(model(*tensors))]
     peers["pytorch eager"] = eager
     try:
         compiled = torch.compile(model)
@@ -87,7 +91,7 @@ def peer_callables(model, inputs: list[np.ndarray], threads: int) -> dict[str, C
 
         def run_compiled():
             with torch.no_grad():
-                return compiled(*tensors).numpy()
+                return [t.numpy() for t in flatten(compiled(*tensors))]
         peers["torch.compile"] = run_compiled
     except Exception as exc:  # no C++ compiler, unsupported model: a peer, not our failure
         peers["torch.compile"] = f"skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
@@ -102,20 +106,36 @@ def _onnxruntime(model, inputs, threads):
     except ImportError:
         return "skipped: onnxruntime is not installed"
     names = [f"input{i}" for i in range(len(inputs))]
-    try:
-        # the session holds the model (and any external weights) once made: the file can go
-        with tempfile.TemporaryDirectory(prefix="accelc-bench-") as folder:
-            path = Path(folder) / "model.onnx"
-            torch.onnx.export(model, tuple(torch.from_numpy(a) for a in inputs), str(path), input_names=names,
-                              dynamo=False)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        return f"skipped: ONNX export/session failed: {str(exc).splitlines()[0][:80]}"
-    feed = dict(zip(names, inputs))
-    return lambda: session.run(None, feed)[0]
+    failures = []
+    # torch.export's exporter first: the TorchScript one fails on decoder LMs (aten::diff in their
+    # causal masks), so ONNX Runtime would be "skipped" exactly where the comparison matters
+    for dynamo in (True, False):
+        try:
+            # the session holds the model (and any external weights) once made: the file can go
+            with tempfile.TemporaryDirectory(prefix="accelc-bench-") as folder, _quiet():
+                path = Path(folder) / "model.onnx"
+                torch.onnx.export(model, tuple(torch.from_numpy(a) for a in inputs), str(path), input_names=names,
+                                  dynamo=dynamo, **({"verbose": False} if dynamo else {}))
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            failures.append(f"{'dynamo' if dynamo else 'torchscript'}: {first[:60]}")
+            continue
+        feed = dict(zip([spec.name for spec in session.get_inputs()], inputs))
+        return lambda: session.run(None, feed)
+    return f"skipped: ONNX export/session failed ({'; '.join(failures)})"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress and warnings on stdout/stderr: not the benchmark's output."""
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def compare(model, inputs: list[np.ndarray], systems: dict[str, Callable], threads: int, calls: int = 2000,

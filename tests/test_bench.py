@@ -5,6 +5,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from accelc import bench
@@ -85,7 +86,7 @@ def test_onnxruntime_peer_leaves_no_temporary_files(tmp_path, monkeypatch):
     peer = bench._onnxruntime(layer, inputs, threads=1)
     assert not isinstance(peer, str), peer
     with torch.no_grad():  # the session works with its model file gone
-        np.testing.assert_allclose(peer(), layer(torch.from_numpy(inputs[0])).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(peer()[0], layer(torch.from_numpy(inputs[0])).numpy(), rtol=1e-5, atol=1e-6)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -113,3 +114,18 @@ def test_bench_of_a_recipe_removes_the_artifact_it_built(fails, tmp_path, capsys
     rc, _, err = cli(["bench", write_recipe(make_repo(tmp_path / "repo"), TINY_RECIPE)], capsys)
     assert rc == (2 if fails else 0) and ("E701" in err) == fails
     assert built and not built[0].exists() and list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_peers_return_every_output_of_a_dict_model_and_onnx_runs_a_decoder():
+    """A ModelOutput/dict model crashed the eager peer ('.numpy' of a dict); the TorchScript ONNX
+    exporter fails on decoder LMs (aten::diff), so ONNX Runtime used to be skipped there."""
+    from tests.fixtures.hf_models import gpt2
+    from tests.test_output_names import named
+    x = np.random.default_rng(0).standard_normal((2, 4), dtype=np.float32)
+    peers = bench.peer_callables(named(), [x], threads=1)
+    eager = peers["pytorch eager"]()
+    assert [a.shape for a in eager] == [(2, 3)] * 3
+    ids = np.random.default_rng(0).integers(0, 100, (2, 16))
+    decoder = bench.peer_callables(gpt2(), [ids], threads=1)
+    assert callable(decoder["onnxruntime"]), decoder["onnxruntime"]
+    np.testing.assert_allclose(decoder["onnxruntime"]()[0], decoder["pytorch eager"]()[0], rtol=1e-4, atol=1e-5)
