@@ -149,20 +149,23 @@ def _check_state(model: torch.nn.Module, state: dict, where: str) -> None:
                          field="model.weights")
 
 
-def random_inputs(specs: list[InputSpec], batch: int, seed: int) -> tuple[np.ndarray, ...]:
-    """Seeded sample inputs from the input specs (normal for floats, uniform ints in `range`)."""
+def random_inputs(specs: list[InputSpec], batch: int, seed: int,
+                  ranges: dict | None = None) -> tuple[np.ndarray, ...]:
+    """Seeded sample inputs from the input specs (normal for floats, uniform ints in `range`; an
+    input named in `ranges` uses that [low, high) instead: the build's, from the model's tables)."""
     rng = np.random.default_rng(seed)
     arrays = []
     for spec in specs:
         shape = spec.concrete(batch)
+        bounds = (ranges or {}).get(spec.name) or spec.range
         if spec.dtype.startswith(("float", "bfloat")):
             arr = rng.standard_normal(shape, dtype=np.float32)
-            if spec.range:
-                arr = rng.uniform(spec.range[0], spec.range[1], shape).astype(np.float32)
+            if bounds:
+                arr = rng.uniform(bounds[0], bounds[1], shape).astype(np.float32)
         elif spec.dtype == "bool":
             arr = rng.integers(0, 2, shape).astype(bool)
         else:
-            low, high = spec.range or (0, 10)
+            low, high = bounds or (0, 10)
             arr = rng.integers(int(low), int(high), shape).astype(spec.dtype)
         arrays.append(arr)
     return tuple(arrays)
@@ -226,10 +229,25 @@ def flatten(out) -> list:
 
 
 def capture(loaded: LoadedRecipe, model: torch.nn.Module | None = None) -> Captured:
-    """Build the model (unless given) and capture it with torch.export."""
+    """Build the model (unless given) and capture it with torch.export. The batch dimension is
+    symbolic (export specialises sizes 0 and 1, so it traces at 2) even for recipes built for batch 1
+    only, since the passes calibrate and score on batches of samples; a model that runs at batch 1
+    only is captured static, and `graph.meta["accelc_rows"]` says it takes one row per call."""
     recipe = loaded.recipe
     model = model if model is not None else build_model(loaded)
-    batch = 2 if max(recipe.model.batch) > 1 else 1  # export specialises sizes 0 and 1
+    batched = any("batch" in s.shape for s in recipe.model.inputs)
+    if batched and max(recipe.model.batch) == 1:
+        try:
+            return _capture_at(loaded, model, 2, dynamic=True)
+        except ModelError:
+            captured = _capture_at(loaded, model, 1, dynamic=False)
+            captured.graph.meta["accelc_rows"] = 1
+            return captured
+    return _capture_at(loaded, model, 2 if batched and max(recipe.model.batch) > 1 else 1, dynamic=batched)
+
+
+def _capture_at(loaded: LoadedRecipe, model: torch.nn.Module, batch: int, dynamic: bool) -> Captured:
+    recipe = loaded.recipe
     example = random_inputs(recipe.model.inputs, batch, recipe.verify.seed)
     where = loaded.where("model", "inputs")
     try:
@@ -240,9 +258,12 @@ def capture(loaded: LoadedRecipe, model: torch.nn.Module | None = None) -> Captu
                          location=loaded.where("model", "entrypoint"), field="model.entrypoint") from None
     except Exception as exc:
         shapes = ", ".join(f"{s.name}{list(s.concrete(batch))}:{s.dtype}" for s in recipe.model.inputs)
+        ids = [s.name for s in recipe.model.inputs if s.dtype.startswith(("int", "uint"))]
+        hint = (f"integer inputs ({', '.join(ids)}) are sampled from their `range` ([0, 10) if none is declared); "
+                "declare one that fits the model's tables" if ids and isinstance(exc, IndexError) else None)
         raise ModelError(f"the model fails on inputs {shapes}: {type(exc).__name__}: {_first_line(exc)}",
-                         code="E304", location=where, field="model.inputs") from None
-    dynamic = _for_signature(model, _dynamic_shapes(recipe.model.inputs, recipe.model.batch))
+                         code="E304", location=where, field="model.inputs", hint=hint) from None
+    dynamic = _for_signature(model, _dynamic_shapes(recipe.model.inputs, recipe.model.batch) if dynamic else None)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -254,11 +275,12 @@ def capture(loaded: LoadedRecipe, model: torch.nn.Module | None = None) -> Captu
                          ) from None
     graph = program.module()
     _drop_guards(graph)
+    _explicit_conv_padding(graph)
     return Captured(model, graph, to_torch(example), dynamic, names)
 
 
 def _dynamic_shapes(specs: list[InputSpec], sizes: list[int]):
-    if max(sizes) == 1 or not any("batch" in s.shape for s in specs):
+    if not any("batch" in s.shape for s in specs):
         return None
     dim = torch.export.Dim("batch", min=1, max=max(max(sizes), 2))
     return tuple({s.shape.index("batch"): dim} if "batch" in s.shape else None for s in specs)
@@ -271,6 +293,43 @@ def _for_signature(model: torch.nn.Module, dynamic):
     params = list(inspect.signature(model.forward).parameters.values())
     star = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
     return dynamic if star is None else (*dynamic[:star], tuple(dynamic[star:]))
+
+
+STRING_PADDED_CONVS = {torch.ops.aten.conv1d.padding: torch.ops.aten.conv1d.default,
+                       torch.ops.aten.conv2d.padding: torch.ops.aten.conv2d.default,
+                       torch.ops.aten.conv3d.padding: torch.ops.aten.conv3d.default}
+
+
+def _explicit_conv_padding(gm: torch.fx.GraphModule) -> None:
+    """Convolutions written with padding='same'/'valid' (EfficientNet's) as the overload with numbers,
+    which the passes (fold, prune, quantize) know. 'same' with an odd total padding pads the extra
+    row/column at the end, as PyTorch does, with an explicit pad before the convolution."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in STRING_PADDED_CONVS:
+            continue
+        x, weight, bias, stride, padding, dilation, groups = (list(node.args) + [None, 1, "valid", 1, 1][
+            len(node.args) - 2:])[:7]
+        kernel = weight.meta["val"].shape[2:]
+        stride, dilation = (_per_dim(v, len(kernel)) for v in (stride, dilation))
+        total = [0] * len(kernel) if padding == "valid" else [d * (k - 1) for d, k in zip(dilation, kernel)]
+        pads = [t // 2 for t in total]
+        if any(t % 2 for t in total):  # constant_pad_nd takes (left, right) pairs from the last dim
+            ends = [bound for t in reversed(total) for bound in (t // 2, t - t // 2)]
+            with gm.graph.inserting_before(node):
+                x = gm.graph.call_function(torch.ops.aten.constant_pad_nd.default, (x, ends, 0.0))
+                x.meta.update({k: node.meta[k] for k in ("nn_module_stack", "stack_trace") if k in node.meta})
+                if "val" in x.args[0].meta:  # a fake tensor: the pass that quantizes the conv reads its shape
+                    x.meta["val"] = torch.ops.aten.constant_pad_nd.default(x.args[0].meta["val"], ends, 0.0)
+            pads = [0] * len(kernel)
+        node.target, node.args = STRING_PADDED_CONVS[node.target], (x, weight, bias, stride, pads, dilation, groups)
+        changed = True
+    if changed:
+        gm.recompile()
+
+
+def _per_dim(value, dims: int) -> list[int]:
+    return list(value) * (dims if len(value) == 1 else 1) if isinstance(value, (list, tuple)) else [value] * dims
 
 
 def _drop_guards(gm: torch.fx.GraphModule) -> None:

@@ -69,6 +69,10 @@ def two_linears():
     return TwoLinears()
 
 
+def rows():
+    return torch.randn(16, 64, generator=torch.Generator().manual_seed(2))
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     return make_repo(tmp_path_factory.mktemp("batch-one"))
@@ -80,9 +84,13 @@ def repo(tmp_path_factory):
     ("batch_one_only", "[1]", "[]"),
     ("two_linears", "[1]", "[{kind: quantize, mode: dynamic}]"),
     ("two_linears", "[1, 4]", "[{kind: quantize, mode: dynamic}]"),
+    # calibrated on 16 rows: one at a time through a graph that takes one
+    ("batch_one_only", "[1]", "[{kind: quantize, mode: static, min_outputs: 1}]\n"
+                              "data: {calibration: tests.test_batch_one:rows}"),
+    ("two_linears", "[1]", "[{kind: quantize, mode: static}]\ndata: {calibration: tests.test_batch_one:rows}"),
 ])
 def test_builds_verify_and_serve_larger_batches_row_by_row(repo, name, batch, passes):
-    tag = f"{name}-{len(batch)}-{len(passes)}"
+    tag = f"{name}-{len(batch)}-{len(passes)}-{'static' in passes}"
     path = write_recipe(repo, RECIPE.format(name=name, batch=batch, passes=passes), f"{tag}.yaml")
     built = compile_mod.build(path, output=repo / tag, log=lambda line: None)
     assert built.report["status"] == "passed"

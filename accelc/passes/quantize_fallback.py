@@ -18,13 +18,19 @@ from .quantize_rewrite import Layer
 ROWS = 1024  # rows per forward pass when scoring
 
 
+def rows_per_call(gm, most: int) -> int:
+    """How many rows one call of the graph takes: one for a graph captured for batch 1 only."""
+    return min(most, getattr(gm, "meta", {}).get("accelc_rows") or most)
+
+
 def outputs(gm, tensors: list[torch.Tensor]) -> np.ndarray:
     """Every float output of the graph over the inputs, flattened per row and concatenated."""
     from ..capture import flatten
     chunks = []
     with torch.no_grad():
-        for start in range(0, len(tensors[0]), ROWS):
-            out = flatten(gm(*[t[start:start + ROWS] for t in tensors]))
+        rows = rows_per_call(gm, ROWS)
+        for start in range(0, len(tensors[0]), rows):
+            out = flatten(gm(*[t[start:start + rows] for t in tensors]))
             chunks.append(np.concatenate([o.detach().float().reshape(len(o), -1).numpy() for o in out], axis=1))
     return np.concatenate(chunks).astype(np.float64)
 
@@ -53,8 +59,9 @@ def first_output(gm, inputs: list[np.ndarray]) -> np.ndarray:
     from ..capture import flatten
     parts = []
     with torch.no_grad():
-        for start in range(0, len(inputs[0]), ROWS):
-            out = flatten(gm(*[torch.from_numpy(a[start:start + ROWS]) for a in inputs]))
+        rows = rows_per_call(gm, ROWS)
+        for start in range(0, len(inputs[0]), rows):
+            out = flatten(gm(*[torch.from_numpy(a[start:start + rows]) for a in inputs]))
             parts.append(out[0].detach().float().numpy())
     return np.concatenate(parts)
 

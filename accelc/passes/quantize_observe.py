@@ -159,7 +159,7 @@ def _sweep(gm, nodes, tensors, visit, log, what: str) -> None:
     total, done, shown = len(tensors[0]), 0, -1
     recorder = _Recorder(gm, set(nodes), visit)
     with torch.no_grad():
-        for chunk in batches(tensors):
+        for chunk in batches(tensors, min(BATCH, gm.meta.get("accelc_rows") or BATCH)):
             recorder.run(*chunk)
             done += len(chunk[0])
             step = 4 * done // total

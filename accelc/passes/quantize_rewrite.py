@@ -88,7 +88,7 @@ class Rewriter:
     def __init__(self, gm: fx.GraphModule, mode: str, per_channel: bool, qrange: tuple[int, int],
                  per_sample: bool = False, ranges: dict | None = None):
         self.gm, self.mode, self.per_channel, self.qrange = gm, mode, per_channel, qrange
-        self.per_sample, self.ranges = per_sample, ranges or {}
+        self.per_sample, self.ranges = per_sample, dict(ranges or {})
         self.shared: dict[fx.Node, fx.Node] = {}  # float activation -> its dequantized copy
         self.replaced: set[str] = set()
 
@@ -129,8 +129,12 @@ class Rewriter:
                 else:
                     geometry = [_pair(value) for value in (list(rest) + [1, 0, 1][len(rest):])[:3]]
                     replacement = self._call(node, ops.conv2d_int8.default, (q, s, z, wq, ws, bias, *geometry))
-        if "val" in node.meta:  # same shape and dtype: a next layer quantizing this output reads them
+        # The replacement is what a next layer reads: it quantizes it by the same shape, dtype and
+        # calibrated range (Linear -> Linear, Conv -> Conv with nothing between)
+        if "val" in node.meta:
             replacement.meta["val"] = node.meta["val"]
+        if node.name in self.ranges:
+            self.ranges[replacement.name] = self.ranges[node.name]
         node.replace_all_uses_with(replacement)
         self.gm.graph.erase_node(node)
         return info

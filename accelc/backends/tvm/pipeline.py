@@ -32,12 +32,12 @@ def cpu_pipeline(target, database=None, unaligned=None) -> list:
     from tvm.relax.backend.cpu_generic import pipeline as backend
     from tvm.s_tir import dlight
 
-    from .cpu_schedules import Elementwise, InnerKeptReduction, Matmul
+    from .cpu_schedules import Elementwise, InnerKeptReduction, Matmul, Tolerant
     from .quant_schedule import Im2col, QGemm
     passes = _backend_passes(backend, target, database)
     # Kernels without a tuning record get a default schedule instead of naive loops.
-    defaults = dlight.ApplyDefaultSchedule(QGemm(), Im2col(), Matmul(), dlight.cpu.GEMV(), InnerKeptReduction(),
-                                           dlight.cpu.Reduction(), Elementwise())
+    defaults = dlight.ApplyDefaultSchedule(QGemm(), Im2col(), Matmul(), Tolerant(dlight.cpu.GEMV()),
+                                           InnerKeptReduction(), Tolerant(dlight.cpu.Reduction()), Elementwise())
     at = next(i for i, p in enumerate(passes) if p.info.name == "RewriteDataflowReshape")
     # Inputs are looked at once reshapes have become views (a view of an input passed to a kernel
     # keeps the input aligned), before calls turn into VM instructions.
