@@ -7,7 +7,6 @@ locally those tests skip when they are missing, in CI (CI=true, .ci/run installs
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 import sys
@@ -19,17 +18,9 @@ import pytest
 from accelc import emulate, targets
 from accelc.compile import build
 from accelc.errors import ArtifactError
-from tests.fixtures.helpers import ROOT, TINY_RECIPE, cli, make_repo, write_recipe
+from tests.fixtures.helpers import ROOT, TINY_RECIPE, cli, make_repo, require, write_recipe
 
 EM_AARCH64 = 183  # ELF e_machine of 64-bit Arm
-
-
-def require(ok: bool, reason: str) -> None:
-    """Skip when a tool is genuinely absent on a developer's machine; CI installs them, so fail there."""
-    if not ok:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must provide this: {reason}")
-        pytest.skip(reason)
 
 
 def arm_spec(name: str = "arm"):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from accelc import compile as compile_mod
-from tests.fixtures.helpers import make_repo, write_recipe
+from accelc import compile as compile_mod, emulate, targets
+from tests.fixtures.helpers import ROOT, make_repo, require, write_recipe
 from tests.models.families import FAMILIES
 
 QUANTIZE = {"dynamic": "[{kind: quantize, mode: dynamic}]",
@@ -28,9 +28,10 @@ def repo(tmp_path_factory):
     return make_repo(tmp_path_factory.mktemp("families"))
 
 
-def build(repo, text: str, tag: str, size: int):
+def build(repo, text: str, tag: str, size: int, target: str | None = None):
     lines: list[str] = []
-    built = compile_mod.build(write_recipe(repo, text, f"{tag}.yaml"), output=repo / tag, log=lines.append)
+    built = compile_mod.build(write_recipe(repo, text, f"{tag}.yaml"), target=target, output=repo / tag,
+                              log=lines.append)
     assert built.report["status"] == "passed", "\n".join(lines)
     assert {row["batch"] for row in built.report["rows"]} == {size, size + 1}  # built, and padded or split
     return built, lines
@@ -58,3 +59,15 @@ def test_int8_builds_and_verifies_at_batch_one(repo, family):
     assert any(row["dtype"] == "int8" for row in report["layers"]), report["layers"]
     # every layer left in float32 says why (depthwise/grouped convolutions, narrow layers, fallback)
     assert all("reason" in row for row in report["layers"] if row["dtype"] == "float32")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, passes", [("bert", "[]"), ("gpt2", "[]"), ("resnet", "[]"),
+                                            ("bert", QUANTIZE["dynamic"]), ("resnet", QUANTIZE["static"])])
+def test_arm_subset_verifies_under_emulation(repo, family, passes):
+    """Cross-compiled for aarch64 and verified by accelc's runtime inside an arm64 root (qemu-user)."""
+    reason = emulate.unavailable(targets.resolve("arm", ROOT))
+    require(reason is None, str(reason))
+    tag = f"{family}-arm-{'int8' if 'quantize' in passes else 'fp32'}"
+    built, _ = build(repo, recipe(family, "[2]", passes), tag, 2, target="arm")
+    assert "qemu" in built.report["runner"], built.report  # verified under emulation, not skipped
