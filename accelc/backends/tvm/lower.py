@@ -17,6 +17,7 @@ from tvm.relax.frontend.torch.exported_program_translator import ExportedProgram
 from ...capture import node_location
 from ...errors import Problem, ToolchainError, UnsupportedOpError
 from .pipeline import build_pipeline, prepare_passes
+from .tvm_log import known_warnings_hidden
 
 
 @dataclass
@@ -61,6 +62,7 @@ def function_name(batch: int | None) -> str:
     return f"main_b{batch}" if batch else "main"
 
 
+@known_warnings_hidden()
 def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
     """Import one exported program per batch size into one IRModule with static shapes.
 
@@ -93,6 +95,7 @@ def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
     return Lowered(mod, params or {}, first, repairs=repairs.import_repairs(first) if first is not None else [])
 
 
+@known_warnings_hidden()
 def compile_module(lowered: Lowered, target, database=None, cuda_archs=()):
     """Run the target pipeline and codegen; failures name the ops involved. CUDA device code is
     compiled ahead of time by nvcc for `cuda_archs` and embedded (backends/tvm/cuda.py)."""
