@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, artifact, capture, data, metrics, recipe as recipe_mod, targets, verify
+from . import __version__, artifact, capture, data, index_bounds, metrics, recipe as recipe_mod, targets, verify
 from . import cache as build_cache
 from .errors import TuningError, VerificationError
 
@@ -85,7 +85,8 @@ def build(recipe_path, target: str | None = None, output: str | Path | None = No
                 f"(+ PTX {', '.join(device_code['ptx'])}), nvcc {device_code['cuda']}; no CUDA source embedded")
         artifact.write_manifest(tmp, {**manifest, "verification": {"status": "pending"}})
         stage("verifying the artifact")
-        report = _verify(loaded, spec, captured, graph if pass_reports else None, tmp, validation)
+        report = _verify(loaded, spec, captured, graph if pass_reports else None, tmp, validation,
+                         lowered.input_ranges)
         manifest = artifact.write_manifest(tmp, {**manifest, "verification": report,
                                                  "verified": report["status"] == "passed"})
         log(verify.format_report(report))
@@ -123,6 +124,10 @@ def _lower(loaded, spec, stage, log, also: str = ""):
     stage(f"lowering to Relax {also}for {spec.name}")
     from .backends.tvm import repairs
     repaired = repairs.repair_graph(graph)  # before re-export: faults of torch.export and TVM worked around
+    # inputs that index tables get their range (the runtime checks it); other indices are clamped
+    bounds = index_bounds.bound_indices(graph, recipe.model.inputs, loaded.where)
+    if bounds.rewritten:
+        repaired.append({"repair": "index_bounds", "nodes": bounds.rewritten})
     try:
         programs = lower.export_programs(graph, recipe.model.inputs, recipe.model.batch)
     except Exception as exc:  # the captured graph exported once; failing now means a pass broke it
@@ -131,6 +136,7 @@ def _lower(loaded, spec, stage, log, also: str = ""):
         raise
     lowered = lower.to_relax(programs, spec.tvm_target())
     lowered.repairs[:0] = repaired
+    lowered.input_ranges = bounds.ranges
     for applied in lowered.repairs:
         log(f"  repair {applied['repair']}: {len(applied['nodes'])} node(s) ({', '.join(applied['nodes'][:4])}"
             f"{', ...' if len(applied['nodes']) > 4 else ''})")
@@ -181,19 +187,20 @@ def _failure(report: dict) -> str:
     return "the compiled module does not match the original model"
 
 
-def _verify(loaded, spec, captured: capture.Captured, rewritten, folder: Path, validation=None) -> dict:
+def _verify(loaded, spec, captured: capture.Captured, rewritten, folder: Path, validation=None,
+            ranges: dict | None = None) -> dict:
     """Two tiers: the artifact vs the rewritten graph within the tolerance (proves the compilation),
     and vs the original model by the task metric (judges the passes). Without passes both are the
     original model."""
     ok, why = spec.runs_here()
     if not ok:
-        return _verify_emulated(loaded, spec, captured, rewritten, folder, validation, why)
+        return _verify_emulated(loaded, spec, captured, rewritten, folder, validation, why, ranges)
     from . import runtime
-    return _compare(loaded, captured, rewritten, runtime.load(folder), validation)
+    return _compare(loaded, captured, rewritten, runtime.load(folder), validation, ranges)
 
 
 def _verify_emulated(loaded, spec, captured: capture.Captured, rewritten, folder: Path, validation,
-                     why: str) -> dict:
+                     why: str, ranges: dict | None = None) -> dict:
     """Off-host CPU targets run under a user-mode emulator when its root is set up (emulate.py)."""
     if not spec.emulator:
         later = "; verify it on a GPU host (accelc verify, benchmarks/gpu_check.sh)" if spec.device == "cuda" else ""
@@ -203,7 +210,7 @@ def _verify_emulated(loaded, spec, captured: capture.Captured, rewritten, folder
     if reason is None:
         try:
             with emulate.EmulatedPredictor(folder, spec) as predictor:
-                return {**_compare(loaded, captured, rewritten, predictor, validation),
+                return {**_compare(loaded, captured, rewritten, predictor, validation, ranges),
                         "runner": predictor.description}
         except emulate.EmulatorUnavailable as exc:  # a broken root skips verification, never the build
             reason = f"{exc}; rebuild the root with `{emulate.SETUP_COMMAND} --force`"
@@ -211,14 +218,16 @@ def _verify_emulated(loaded, spec, captured: capture.Captured, rewritten, folder
                           f"{reason}")
 
 
-def _compare(loaded, captured: capture.Captured, rewritten, predictor, validation) -> dict:
-    """The artifact (native or emulated predictor) vs the rewritten graph on the samples, and vs
-    the original eager model by the metric."""
+def _compare(loaded, captured: capture.Captured, rewritten, predictor, validation,
+             ranges: dict | None = None) -> dict:
+    """The artifact (native or emulated predictor) vs the rewritten graph on the samples (ids drawn
+    from `ranges`, the manifest's), and vs the original eager model by the metric."""
     run_compiled = lambda arrays: predictor.predict(*arrays)  # noqa: E731
     specs, sizes = loaded.recipe.model.inputs, loaded.recipe.model.batch
     run_reference = capture.eager_runner(captured.model, specs, sizes)
     run_rewritten = capture.eager_runner(rewritten, specs, sizes) if rewritten is not None else run_reference
-    report = verify.verify(run_compiled, run_rewritten, sample_sets(loaded), loaded.recipe.verify.tolerance.atol,
+    report = verify.verify(run_compiled, run_rewritten, sample_sets(loaded, ranges),
+                           loaded.recipe.verify.tolerance.atol,
                            loaded.recipe.verify.tolerance.rtol, captured.output_names)
     report["reference"] = "rewritten graph (after passes)" if rewritten is not None else "original model"
     gate = loaded.recipe.verify.metric
@@ -230,8 +239,9 @@ def _compare(loaded, captured: capture.Captured, rewritten, predictor, validatio
     return report
 
 
-def sample_sets(loaded) -> list[tuple[int, list]]:
-    """(batch, [inputs, ...]) per built batch size: the recipe's sample source, or seeded random."""
+def sample_sets(loaded, ranges: dict | None = None) -> list[tuple[int, list]]:
+    """(batch, [inputs, ...]) per built batch size: the recipe's sample source, or seeded random
+    (with `ranges`, the manifest's [low, high) per input name: ids that index the whole table)."""
     recipe = loaded.recipe
     source = None
     if recipe.data.samples:
@@ -245,7 +255,8 @@ def sample_sets(loaded) -> list[tuple[int, list]]:
         samples = []
         for i in range(recipe.verify.samples):
             seed = recipe.verify.seed + 1000 * batch + i
-            arrays = source(batch, seed) if source else capture.random_inputs(recipe.model.inputs, batch, seed)
+            arrays = source(batch, seed) if source else capture.random_inputs(recipe.model.inputs, batch, seed,
+                                                                              ranges)
             samples.append(tuple(np.asarray(a) for a in (arrays if isinstance(arrays, (tuple, list)) else [arrays])))
         sets.append((batch, samples))
     return sets
@@ -269,7 +280,7 @@ def _manifest(loaded, spec, captured: capture.Captured, programs, lowered, pass_
         "batch": recipe.model.batch,
         "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype,
                     **({"columns": s.columns} if s.columns else {}), **({"units": s.units} if s.units else {}),
-                    **({"range": list(s.range)} if s.range else {}),
+                    **({"range": list(lowered.input_ranges[s.name])} if s.name in lowered.input_ranges else {}),
                     **({"unaligned": True} if i in lowered.unaligned_inputs else {})}  # no 64-byte copy needed
                    for i, s in enumerate(recipe.model.inputs)],
         "outputs": [{"name": n, "shape": ["batch" if i == 0 and r.ndim and r.shape[0] == batch else d

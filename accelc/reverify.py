@@ -42,5 +42,7 @@ def reverify(folder: Path, samples: int | None = None) -> dict:
     model = capture.build_model(loaded)
     predictor = runtime.load(folder)
     names = [o["name"] for o in manifest["outputs"]]
+    ranges = {spec["name"]: spec["range"] for spec in predictor.inputs if "range" in spec}  # as the build drew ids
     return verify.verify(lambda arrays: predictor.predict(*arrays),
-                         capture.eager_runner(model, recipe.model.inputs, recipe.model.batch), sample_sets(loaded), recipe.verify.tolerance.atol, recipe.verify.tolerance.rtol, names)
+                         capture.eager_runner(model, recipe.model.inputs, recipe.model.batch),
+                         sample_sets(loaded, ranges), recipe.verify.tolerance.atol, recipe.verify.tolerance.rtol, names)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -19,6 +20,29 @@ from .errors import ArtifactError, InputError
 
 
 ALIGN = 64  # TVM's kernels assume 64-byte aligned buffers (tvm.runtime.from_dlpack enforces it)
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_tvm():
+    """(tvm, tvm_ffi), imported without torch where torch is installed but not yet imported.
+
+    tvm_ffi imports torch at import time when it can (a workaround for a Windows symbol clash),
+    which costs a server ~190 MB of RSS and seconds of start-up. torch is blocked for that first
+    import only: a later `import torch` works, and a process that imported torch first (the
+    compiler) imports tvm as usual. `accelc serve` also sets TVM_USE_RUNTIME_LIB=1 first; this does
+    not, so that the compiler still loads in a process that loaded an artifact before.
+    """
+    with _IMPORT_LOCK:
+        blocked = "torch" not in sys.modules and "tvm_ffi" not in sys.modules
+        if blocked:
+            sys.modules["torch"] = None  # `import torch` raises ImportError, which tvm_ffi tolerates
+        try:
+            import tvm
+            import tvm_ffi
+        finally:
+            if blocked and "torch" in sys.modules and sys.modules["torch"] is None:
+                del sys.modules["torch"]
+    return tvm, tvm_ffi
 
 
 def aligned_empty(shape, dtype) -> np.ndarray:
@@ -41,8 +65,7 @@ class Predictor:
 
     def __init__(self, path: str | Path, check_host: bool = True, batching: str = "pad",
                  key: str | bytes | None = None, reject_nonfinite: bool = False):
-        import tvm
-        import tvm_ffi
+        tvm, tvm_ffi = import_tvm()
 
         self.path = Path(path)
         self.manifest = _checked_manifest(self.path, key)  # signature and hashes checked before native code
@@ -65,6 +88,10 @@ class Predictor:
         self._expect = [(np.dtype(spec["dtype"]), tuple(None if d == "batch" else int(d) for d in spec["shape"]))
                         for spec in self.inputs]
         self._batched = [spec["shape"][:1] == ["batch"] for spec in self.inputs]
+        # per input: [low, high) of an integer input that indexes a table (E805 outside), as clipped to
+        # its dtype, and the quick all-in-range test; None where nothing needs checking
+        self._bounds = [_int_bounds(dtype, spec.get("range")) for (dtype, _), spec in zip(self._expect, self.inputs)]
+        self._in_range = [_range_test(dtype, bounds) for (dtype, _), bounds in zip(self._expect, self._bounds)]
         # Bytes each input's address must be a multiple of: TVM's 64, or the element's size where the
         # build declared the kernels reading it unaligned (input_alignment.py): then no copy.
         self._align = [np.dtype(spec["dtype"]).itemsize if spec.get("unaligned") else ALIGN for spec in self.inputs]
@@ -86,12 +113,14 @@ class Predictor:
                                 f"{lines[-1][:300] if lines else ''}", code="E706",
                                 hint="it may come from another accelc or TVM version; rebuild it") from None
         self.sizes = sorted(b for b in vm if b is not None)
-        # The common call (numpy arrays by position, a built batch size, no per-value checks) skips
-        # the general path: its checks and lookups cost ~10 us a call, 12% of the MLP at batch 256.
+        # The common call (numpy arrays by position, a built batch size, no per-value checks but
+        # ranges) skips the general path: its checks and lookups cost ~10 us a call, 12% of the MLP
+        # at batch 256. Ranged inputs keep it: one reduction each (~2 us) checks them.
         lean = (self._on_cpu and not reject_nonfinite and bool(self.sizes) and bool(self.inputs)
-                and all(self._batched) and not any("range" in spec for spec in self.inputs))
-        # per built batch size: each input's (dtype, whole shape, alignment), compared as they are
-        self._lean = {b: [(dtype, (b, *dims[1:]), align) for (dtype, dims), align in zip(self._expect, self._align)]
+                and all(self._batched))
+        # per built batch size: each input's (dtype, whole shape, alignment, range test), compared as they are
+        self._lean = {b: [(dtype, (b, *dims[1:]), align, test)
+                          for (dtype, dims), align, test in zip(self._expect, self._align, self._in_range)]
                       for b in self.sizes} if lean else {}
 
     def _thread_functions(self) -> dict:
@@ -138,9 +167,10 @@ class Predictor:
             raise InputError(f"inputs disagree on the batch size: {sorted(batches)}", code="E802")
 
     def _check(self, spec: dict, array: np.ndarray) -> np.ndarray:
-        dtype_expected, dims = self._expect[self._names[spec["name"]]]
+        index = self._names[spec["name"]]
+        dtype_expected, dims = self._expect[index]
         shape = array.shape
-        if (array.dtype == dtype_expected and len(shape) == len(dims) and "range" not in spec
+        if (array.dtype == dtype_expected and len(shape) == len(dims) and self._in_range[index] is None
                 and all(d is None or d == n for d, n in zip(dims, shape))
                 and (dims[:1] != (None,) or 1 <= shape[0]) and (self.batching == "pad" or dims[:1] != (None,)
                                                                  or shape[0] in self.sizes)):
@@ -163,13 +193,15 @@ class Predictor:
                              "use batching='pad' to pad or split", code="E802")
         if "batch" in shape and array.shape[0] < 1:
             raise InputError(f"input '{name}': empty batch", code="E802")
-        if "range" in spec and array.dtype.kind in "iu" and array.size:
+        index = self._names[name]
+        if self._in_range[index] is not None and array.size and not self._in_range[index](array):
             # integer inputs index tables (embeddings): out of range they read out of bounds in native code
-            low, high = spec["range"]
-            if array.min() < low or array.max() >= high:
-                bad = np.flatnonzero((array < low) | (array >= high))[0]
-                raise InputError(f"input '{name}': value {array.flat[bad]} at flat index {bad} is outside "
-                                 f"[{low:g}, {high:g})", code="E805")
+            low, high = self._bounds[index]
+            bad = int(np.flatnonzero((array < low) | (array > high - 1))[0])  # high - 1 fits the dtype
+            shown_low, shown_high = spec["range"]
+            raise InputError(f"input '{name}': value {array.flat[bad]} at flat index {bad} is outside "
+                             f"[{shown_low:g}, {shown_high:g})", code="E805",
+                             hint="ids must index the model's tables; PyTorch raises IndexError for these")
         return array
 
     # ---- execution ----------------------------------------------------------------------------
@@ -220,7 +252,10 @@ class Predictor:
         # The alignment is read from the tensor: ndarray.ctypes costs ~3 us, and letting DLPack refuse
         # a misaligned array (require_alignment) ~850 us for its error.
         if array.flags.c_contiguous:  # checked here: DLPack's require_contiguous costs 0.3 us more
-            tensor = self._from_dlpack(array)
+            try:
+                tensor = self._from_dlpack(array)
+            except BufferError:  # read-only (np.load(mmap_mode='r'), setflags(write=False)): DLPack refuses
+                return self._staged(index, array)
             if tensor.data_ptr() % self._align[index] == 0:
                 return tensor
         return self._staged(index, array)
@@ -262,11 +297,15 @@ class Predictor:
         if specs is None or len(args) != len(specs):
             return None
         tensors = []
-        for array, (dtype, shape, align) in zip(args, specs):
+        for array, (dtype, shape, align, in_range) in zip(args, specs):
             if type(array) is not np.ndarray or array.dtype != dtype or array.shape != shape \
-                    or not array.flags.c_contiguous:
-                return None
-            tensor = self._from_dlpack(array)  # _device_tensor inlined: the call and its checks cost 0.5 us
+                    or not array.flags.c_contiguous or (in_range is not None and not in_range(array)):
+                return None  # out of range: the general path names the value (E805)
+            try:
+                tensor = self._from_dlpack(array)  # _device_tensor inlined: the call and its checks cost 0.5 us
+            except BufferError:  # read-only: one copy (a try costs nothing until it raises)
+                tensors.append(self._staged(len(tensors), array))
+                continue
             tensors.append(tensor if tensor.data_ptr() % align == 0 else self._staged(len(tensors), array))
         return self._run(functions[first.shape[0]], tensors)
 
@@ -274,6 +313,29 @@ class Predictor:
         """The output array, or a tuple of them for multi-output models."""
         outputs = (not kwargs and self._lean_call(args)) or self._checked_call(args, kwargs)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _int_bounds(dtype: np.dtype, declared) -> tuple[int, int] | None:
+    """An integer input's [low, high) as integers its dtype can hold (a value v is in [0.5, 3) iff
+    it is in [1, 3)); None for other dtypes, no range, or a range that holds every value."""
+    if declared is None or dtype.kind not in "iu":
+        return None
+    info = np.iinfo(dtype)
+    low, high = max(math.ceil(declared[0]), int(info.min)), min(math.ceil(declared[1]), int(info.max) + 1)
+    return None if low == info.min and high == info.max + 1 else (low, high)
+
+
+def _range_test(dtype: np.dtype, bounds: tuple[int, int] | None):
+    """array -> whether every value is in `bounds` (non-empty arrays), in as few passes as possible:
+    from 0, one maximum over the unsigned view (a negative value is then above any signed high)."""
+    if bounds is None:
+        return None
+    low, high = bounds
+    largest, smallest = np.maximum.reduce, np.minimum.reduce
+    if low == 0:
+        unsigned = np.dtype(f"u{dtype.itemsize}")
+        return lambda array: largest(array.view(unsigned), None) < high
+    return lambda array: smallest(array, None) >= low and largest(array, None) < high
 
 
 def _load_cuda_runtime() -> None:
