@@ -403,7 +403,19 @@ def parse(located: yamlio.Located) -> Recipe:
         return Recipe.model_validate(located.data)
     except ValidationError as exc:
         problems = [_problem(err, located, tuple(err["loc"])) for err in exc.errors()]
+        problems += _missing_model_source(located, problems)
         raise RecipeError(problems=sorted(set(problems), key=lambda p: _line_order(p.location))) from None
+
+
+def _missing_model_source(located: yamlio.Located, problems: list[Problem]) -> list[Problem]:
+    """model.entrypoint or model.huggingface is required, but neither is a required field, and a
+    model-level check only runs when every field is valid: report the absence with the rest."""
+    model = located.data.get("model")
+    if not isinstance(model, dict) or "entrypoint" in model or "huggingface" in model or any(
+            p.field in ("model", "model.entrypoint") and p.code == "E102" for p in problems):
+        return []
+    return [Problem("E102", "missing required field 'entrypoint' (or 'huggingface')", located.where(("model",)),
+                    "model.entrypoint")]
 
 
 def _line_order(location: str | None) -> tuple:
