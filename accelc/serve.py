@@ -490,14 +490,7 @@ def _import_tvm_runtime_only() -> None:
     if "tvm" in sys.modules or "tvm_ffi" in sys.modules:
         return
     os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
-    blocked = "torch" not in sys.modules
-    if blocked:
-        sys.modules["torch"] = None  # `import torch` raises ImportError, which tvm_ffi tolerates
-    try:
-        import tvm  # noqa: F401
-    finally:
-        if blocked:
-            del sys.modules["torch"]
+    runtime.import_tvm()
 
 
 def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, options: ServeOptions | None = None,
