@@ -301,7 +301,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=_output_file, metavar="FILE", help="write the results as JSON here")
     p.add_argument("--plot", type=_output_file, metavar="FILE", help="write a PNG of latency vs batch size here")
     p.set_defaults(func=_cmd_bench)
-    p = sub.add_parser("serve", help="serve an artifact over HTTP JSON (POST /predict, GET /health, GET /metadata)")
+    p = sub.add_parser("serve", help="serve an artifact over HTTP: JSON (POST /predict, GET /health, GET /metadata), "
+                       "KServe v2 (/v2/...) and Prometheus metrics (GET /metrics)")
     p.add_argument("artifact")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")

@@ -1,15 +1,17 @@
-"""HTTP JSON serving of one artifact: POST /predict, GET /health, GET /metadata.
+"""HTTP serving of one artifact: POST /predict, GET /health, GET /metadata, the KServe v2 protocol
+under /v2 (serving/v2.py) and Prometheus metrics at GET /metrics (serving/metrics.py).
 
 Built on Starlette + uvicorn rather than http.server: HTTP parsing, keep-alive, header limits and
-concurrent connections are a server library's job. This module only turns JSON into checked arrays
-and back. It imports the runtime side only (no torch, no compiler), like runtime.py.
+concurrent connections are a server library's job. This module reads bodies and runs the predictor;
+a protocol is a codec (decode, encode, error) that Service.run takes, so both protocols share the
+body limits, the Decoder's checks (serving/codec.py), the predictor pool and micro-batching.
+It imports the runtime side only (no torch, no compiler), like runtime.py.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import math
 import os
 import socket
 import sys
@@ -21,28 +23,25 @@ from pathlib import Path
 
 import numpy as np
 
-from . import runtime
-from .errors import AccelcError, InputError, ToolchainError, did_you_mean
+from . import __version__, runtime
+from .errors import AccelcError, InputError
+from .serving import v2  # before the server libraries: one coded error (E510) when the `serve` extra is missing
+from .serving.codec import STATUS, Decoder, jsonable
+from .serving.metrics import UNMATCHED, ServeMetrics
 
-try:
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect, Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-except ImportError as exc:  # the server is an extra: the runtime alone does not need it
-    raise ToolchainError(f"`accelc serve` needs starlette and uvicorn ({exc.name} is not installed)",
-                         code="E510", hint="pip install 'accelc[serve]'") from None
+import uvicorn  # noqa: E402
+from starlette.applications import Starlette  # noqa: E402
+from starlette.exceptions import HTTPException  # noqa: E402
+from starlette.requests import ClientDisconnect, Request  # noqa: E402
+from starlette.responses import JSONResponse, Response  # noqa: E402
+from starlette.routing import Route  # noqa: E402
 
-# HTTP status per error code; every other InputError (E801-E806: the inputs do not fit the
-# artifact's signature) is 422. Codes E81x belong to the HTTP layer.
-STATUS = {"E807": 413, "E810": 400, "E811": 400, "E812": 413, "E813": 404, "E815": 408}
+__all__ = ["STATUS", "Decoder", "ServeOptions", "Service", "bind", "create_app", "serve", "server"]
+
 # uvicorn's own logger: our lines go where the server's go, at the level `--log-level` sets
 LOG = logging.getLogger("uvicorn.error")
 INLINE_BYTES = 16 << 10  # bodies up to this size are decoded on the event loop (faster than a thread hop)
 ASYNCIO_TIMEOUT = hasattr(asyncio, "timeout")  # Python 3.11+
-KINDS = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans", "U": "strings", "S": "strings"}
 
 
 @dataclass(frozen=True)
@@ -68,147 +67,28 @@ class ServeOptions:
                              code="E804")
 
 
-@dataclass(frozen=True)
-class _Input:
-    name: str
-    dtype: np.dtype
-    shape: list  # as in the manifest: "batch" for the batch dimension
-    dims: tuple  # None for the batch dimension
-    batched: bool
-
-
-# ---- request decoding ---------------------------------------------------------------------------
-
-class Decoder:
-    """JSON body -> arrays in input order, each of the artifact's dtype, shape checked, 64-byte aligned."""
-
-    def __init__(self, specs: list[dict], max_rows: int, reject_nonfinite: bool):
-        self.inputs = [_Input(s["name"], np.dtype(s["dtype"]), s["shape"], tuple(None if d == "batch" else int(d)
-                              for d in s["shape"]), s["shape"][:1] == ["batch"]) for s in specs]
-        self.names = [i.name for i in self.inputs]
-        self.max_rows, self.reject_nonfinite = max_rows, reject_nonfinite
-
-    def decode(self, body: bytes) -> tuple[list[np.ndarray], int]:
-        """The arrays and the request's batch rows (1 when no input is batched)."""
-        values = self._values(_parse(body))
-        arrays = [self._array(spec, value) for spec, value in zip(self.inputs, values)]
-        rows = {a.shape[0] for a, spec in zip(arrays, self.inputs) if spec.batched}
-        if len(rows) > 1:
-            raise InputError(f"inputs disagree on the batch size: {sorted(rows)}", code="E802")
-        return arrays, rows.pop() if rows else 1
-
-    def _values(self, data) -> list:
-        if not isinstance(data, dict) or "inputs" not in data or set(data) != {"inputs"}:
-            raise InputError('the body must be a JSON object {"inputs": {name: nested list, ...}} or '
-                             '{"inputs": [nested list, ...]} in input order', code="E811")
-        given = data["inputs"]
-        if isinstance(given, list):
-            if len(given) != len(self.names):
-                raise InputError(f"expected {len(self.names)} input(s) {self.names} in this order, got {len(given)}",
-                                 code="E801")
-            return given
-        if not isinstance(given, dict):
-            raise InputError('"inputs" must be an object {name: nested list} or a list in input order', code="E811")
-        unknown = [n for n in given if n not in self.names]
-        if unknown:
-            raise InputError(f"unknown input {unknown[0]!r}; the artifact takes {self.names}", code="E801",
-                             hint=did_you_mean(unknown[0], self.names))
-        missing = [n for n in self.names if n not in given]
-        if missing:
-            raise InputError(f"missing input(s) {missing}; the artifact takes {self.names}", code="E801")
-        return [given[n] for n in self.names]
-
-    def _array(self, spec: _Input, value) -> np.ndarray:
-        where = f"input '{spec.name}'"
-        try:
-            array = np.array(value)
-        except (ValueError, TypeError, RecursionError):
-            raise InputError(f"{where} is not a rectangular nested list: rows of different lengths, "
-                             "or lists mixed with numbers", code="E802") from None
-        if array.dtype.kind in "USV":
-            raise InputError(f"{where} must hold {KINDS[spec.dtype.kind]} ({spec.dtype}), got strings", code="E803")
-        if array.ndim != len(spec.dims) or any(d is not None and d != n for d, n in zip(spec.dims, array.shape)):
-            raise InputError(f"{where} must have shape {spec.shape}, got {list(array.shape)}", code="E802")
-        if spec.batched and array.shape[0] < 1:
-            raise InputError(f"{where}: empty batch", code="E802")
-        if spec.batched and array.shape[0] > self.max_rows:
-            raise InputError(f"{where}: {array.shape[0]} rows is more than this server takes per request "
-                             f"({self.max_rows})", code="E807", hint="split the request, or raise --max-batch-rows")
-        if array.dtype.kind == "O":  # null among numbers, an integer beyond 64 bits, or an object
-            array = _from_objects(where, spec.dtype, array)
-        return self._cast(where, spec.dtype, array)
-
-    def _cast(self, where: str, dtype: np.dtype, array: np.ndarray) -> np.ndarray:
-        kind = array.dtype.kind
-        accepted = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}.get(dtype.kind, dtype.kind)
-        if kind not in accepted:
-            got = "numbers with a fraction or exponent (1.5, 2.0)" if kind == "f" else KINDS.get(kind, str(array.dtype))
-            raise InputError(f"{where} must hold {KINDS.get(dtype.kind, dtype.name)} ({dtype}), got {got}",
-                             code="E803")
-        if dtype.kind in "iu" and array.size:
-            info = np.iinfo(dtype)
-            outside = (array < info.min) | (array > info.max)
-            if outside.any():
-                bad = int(np.flatnonzero(outside)[0])
-                raise InputError(f"{where}: value {array.flat[bad]} at flat index {bad} does not fit in {dtype}",
-                                 code="E803")
-        out = runtime.aligned_empty(array.shape, dtype)  # aligned: the predictor takes it without a copy
-        with np.errstate(over="ignore", invalid="ignore"):  # 1e39 -> inf in float32, checked below
-            np.copyto(out, array, casting="unsafe")
-        if self.reject_nonfinite:
-            runtime.check_finite(where, out, "this server rejects NaN and infinities (--reject-nonfinite)")
-        return out
-
-
-def _parse(body: bytes):
-    """JSON, or a coded error. NaN/Infinity literals are accepted (Python's json writes them)."""
-    try:
-        return json.loads(body)
-    except RecursionError:
-        raise InputError("the body is not valid JSON: nested too deeply", code="E810") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"the body is not valid JSON: {exc}", code="E810") from None
-
-
-def _from_objects(where: str, dtype: np.dtype, array: np.ndarray) -> np.ndarray:
-    """Numbers from an object array: null is NaN for float inputs; other objects, and numbers the
-    input's dtype cannot hold (integers beyond 64 bits, say), are errors."""
-    low, high = ((-sys.float_info.max, sys.float_info.max) if dtype.kind == "f" else
-                 (np.iinfo(dtype).min, np.iinfo(dtype).max) if dtype.kind in "iu" else (1, 0))
-    for index, item in enumerate(array.flat):
-        if item is None and dtype.kind == "f":
-            continue
-        if item is None or isinstance(item, bool) or not isinstance(item, (int, float)) or (
-                isinstance(item, float) and dtype.kind != "f"):
-            what = ("null (only float inputs take null, as NaN)" if item is None else
-                    "a number with a fraction" if isinstance(item, float) else _json_type(item))
-            raise InputError(f"{where}: element at flat index {index} is {what}, not {KINDS[dtype.kind]}",
-                             code="E803")
-        if not low <= item <= high:
-            raise InputError(f"{where}: value {item} at flat index {index} does not fit in {dtype}", code="E803")
-    return np.array([math.nan if x is None else x for x in array.flat],
-                    np.float64 if dtype.kind == "f" else dtype).reshape(array.shape)
-
-
-def _json_type(item) -> str:
-    return {bool: "a boolean", str: "a string", dict: "an object", list: "a list"}.get(type(item), type(item).__name__)
-
-
 # ---- responses ----------------------------------------------------------------------------------
-
-def _jsonable(array: np.ndarray):
-    """Nested lists; NaN and infinities become null (JSON has neither)."""
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        objects = array.astype(object)
-        objects[~np.isfinite(array)] = None
-        return objects.tolist()
-    return array.tolist()
-
 
 def error_response(exc: AccelcError, headers: dict | None = None) -> JSONResponse:
     problem = exc.problems[0]
     error = {"code": problem.code, "message": problem.message, **({"hint": problem.hint} if problem.hint else {})}
-    return JSONResponse({"error": error}, status_code=STATUS.get(problem.code, 422), headers=headers)
+    response = JSONResponse({"error": error}, status_code=STATUS.get(problem.code, 422), headers=headers)
+    response.error_code = problem.code  # for the metrics
+    return response
+
+
+class JsonCodec:
+    """POST /predict's protocol: {"inputs": {name: nested list}} in, {"outputs": {name: nested list}} out."""
+
+    def __init__(self, decoder: Decoder, output_names: list[str]):
+        self.decoder, self.output_names = decoder, output_names
+        self.error = error_response
+
+    def decode(self, body: bytes) -> tuple[list[np.ndarray], int, None]:
+        return (*self.decoder.decode(body), None)
+
+    def encode(self, outputs: list[np.ndarray], context=None) -> Response:
+        return JSONResponse({"outputs": {name: jsonable(out) for name, out in zip(self.output_names, outputs)}})
 
 
 def _peer(request: Request) -> str:
@@ -352,6 +232,9 @@ class Service:
         self.max_rows = options.max_batch_rows or largest
         self.decoder = Decoder(predictor.inputs, self.max_rows, options.reject_nonfinite)
         self.output_names = [spec["name"] for spec in predictor.outputs]
+        self.json = JsonCodec(self.decoder, self.output_names)
+        self._rows_from = next((i for i, spec in enumerate(self.decoder.inputs) if spec.batched), None)
+        self.metrics = ServeMetrics(predictor.manifest, self.max_rows, __version__)
         self.pool = ThreadPoolExecutor(options.threads, thread_name_prefix="accelc-predict")
         self.requests = self.calls = 0  # requests received, predictor calls made (-> /health)
         self._lock = threading.Lock()
@@ -368,25 +251,28 @@ class Service:
         """Run in the predictor pool, off the event loop (threads persist, so each keeps its VM)."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
 
-    def answer(self, body: bytes) -> Response:
+    def answer(self, body: bytes, codec=None) -> Response:
         """Decode, predict, encode: the whole request in one thread hop when not micro-batching."""
+        codec = codec or self.json
         try:
-            arrays, _ = self.decoder.decode(body)
+            arrays, _, context = codec.decode(body)
             outputs = self.call(*arrays)
         except AccelcError as exc:
-            return error_response(exc)
-        return self.encode(outputs)
+            return codec.error(exc)
+        return codec.encode(outputs, context)
 
     def call(self, *arrays: np.ndarray) -> list[np.ndarray]:
         outputs = self.predictor.predict(*arrays)
         with self._lock:
             self.calls += 1
+        self.metrics.batch(1 if self._rows_from is None else arrays[self._rows_from].shape[0])
         return outputs
 
-    def encode(self, outputs: list[np.ndarray]) -> Response:
-        return JSONResponse({"outputs": {name: _jsonable(out) for name, out in zip(self.output_names, outputs)}})
-
     async def predict(self, request: Request) -> Response:
+        return await self.run(request, self.json)
+
+    async def run(self, request: Request, codec) -> Response:
+        """Read the body and answer it with `codec` (decode, encode, error): one protocol's request."""
         self.requests += 1
         try:
             body = await _read_body(request, self.options.max_body_bytes, self.options.body_timeout_s)
@@ -395,17 +281,17 @@ class Service:
             return Response(status_code=400)  # never sent: there is nobody to send it to
         except AccelcError as exc:
             if exc.code == "E815":  # the rest of the body may still come: it must not be read as a request
-                return error_response(exc, headers={"connection": "close"})
-            return error_response(exc)
+                return codec.error(exc, headers={"connection": "close"})
+            return codec.error(exc)
         if self.batcher is None:
-            return await self.offload(self.answer, body)
+            return await self.offload(self.answer, body, codec)
         try:
             small = len(body) <= INLINE_BYTES
-            arrays, rows = self.decoder.decode(body) if small else await self.offload(self.decoder.decode, body)
+            arrays, rows, context = codec.decode(body) if small else await self.offload(codec.decode, body)
             outputs = await self.batcher.submit(arrays, rows)
         except AccelcError as exc:
-            return error_response(exc)
-        return self.encode(outputs) if small else await self.offload(self.encode, outputs)
+            return codec.error(exc)
+        return codec.encode(outputs, context) if small else await self.offload(codec.encode, outputs, context)
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "name": self.predictor.manifest.get("name"),
@@ -433,12 +319,18 @@ def _metadata(predictor, options: ServeOptions, max_rows: int, micro_batching: b
                         "nonfinite": "rejected" if options.reject_nonfinite else "accepted (null = NaN)"}}
 
 
+ENDPOINTS = "POST /predict, GET /health, GET /metadata, KServe v2 under /v2, GET /metrics"
+
+
 async def _http_error(request: Request, exc: HTTPException) -> Response:
-    """Routing errors (404, 405) in the same JSON shape as the others."""
-    message = {404: f"no endpoint {request.url.path}; the server has POST /predict, GET /health, GET /metadata",
+    """Routing errors (404, 405) in the shape of the protocol asked for (v2's under /v2), counted."""
+    message = {404: f"no endpoint {request.url.path}; the server has {ENDPOINTS}",
                405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
-    return JSONResponse({"error": {"code": "E813", "message": message}}, status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+    service: Service = request.app.state.service
+    service.metrics.count(UNMATCHED, exc.status_code, "E813")
+    body = ({"error": f"E813: {message}"} if request.url.path.startswith("/v2")
+            else {"error": {"code": "E813", "message": message}})
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 def create_app(predictor, options: ServeOptions | None = None) -> Starlette:
@@ -450,10 +342,12 @@ def create_app(predictor, options: ServeOptions | None = None) -> Starlette:
         yield
         service.close()
 
-    app = Starlette(routes=[Route("/predict", service.predict, methods=["POST"]),
-                            Route("/health", service.health, methods=["GET"]),
-                            Route("/metadata", service.describe, methods=["GET"])],
-                    exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
+    endpoints = [("/predict", service.predict, "POST"), ("/health", service.health, "GET"),
+                 ("/metadata", service.describe, "GET"), *v2.V2(service).endpoints()]
+    routes = [Route(path, service.metrics.instrument(path, handler), methods=[method])
+              for path, handler, method in endpoints]
+    routes.append(Route("/metrics", service.metrics.scrape, methods=["GET"]))
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     app.state.service = service
     return app
 
@@ -502,8 +396,7 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, options: 
     sock = bind(host, port)
     address = sock.getsockname()
     shown = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL is bracketed
-    log(f"serving {predictor.manifest.get('name')} from {path} on http://{shown}:{address[1]} "
-        "(POST /predict, GET /health, GET /metadata)")
+    log(f"serving {predictor.manifest.get('name')} from {path} on http://{shown}:{address[1]} ({ENDPOINTS})")
     try:
         server(app, log_level).run(sockets=[sock])
     except KeyboardInterrupt:  # Ctrl-C after uvicorn's graceful shutdown: a normal stop

@@ -12,9 +12,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import threading
-import time
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -24,6 +21,7 @@ from accelc import compile as compile_mod, index_bounds, recipe, runtime
 from accelc.errors import InputError, ModelError
 from tests.fixtures.gather_models import computed_index, embed_linear
 from tests.fixtures.helpers import ROOT, make_repo, pair_eager, pair_inputs, shared_artifact, write_recipe
+from tests.fixtures.servers import live
 
 RTOL, ATOL = 1e-5, 1e-6
 BAD_IDS = [100, 10**6, -1, -10**9, 10**12]
@@ -184,31 +182,11 @@ def test_rows_count_from_the_end_as_in_torch_and_no_further(computed):
         assert caught.value.code == "E805"
 
 
-@contextmanager
-def live(predictor):
-    """accelc serve's app on 127.0.0.1:<free port> in a thread; yields the base URL."""
-    from accelc.serve import ServeOptions, bind, create_app, server
-    uv = server(create_app(predictor, ServeOptions(threads=1)), log_level="warning")
-    sock = bind("127.0.0.1", 0)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert uv.started, "the server did not start"
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-
-
 def test_the_server_answers_out_of_range_ids_with_422(embed):
     pytest.importorskip("starlette")
     httpx = pytest.importorskip("httpx")
     predictor = runtime.load(embed.output)
-    with live(predictor) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with live(predictor, threads=1) as url, httpx.Client(base_url=url, timeout=30) as client:
         for bad in (100, 10**6, -1):
             ids = valid_ids(2)
             ids[0, 3] = bad

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -26,31 +25,12 @@ httpx = pytest.importorskip("httpx")
 
 from accelc import runtime, serve  # noqa: E402
 from accelc.errors import InputError  # noqa: E402
-from accelc.serve import ServeOptions, bind, create_app, server  # noqa: E402
+from accelc.serve import ServeOptions, bind  # noqa: E402
 from tests.fixtures.helpers import ROOT, assert_cli_user_error, pair_eager, pair_inputs, shared_artifact  # noqa: E402
+from tests.fixtures.servers import half_request, live  # noqa: E402
 
 RTOL, ATOL = 1e-5, 1e-6
 LIMITS = {"max_batch_rows": 16, "max_body_bytes": 64 << 10, "threads": 2}
-
-
-@contextmanager
-def live(predictor, log_level: str = "warning", **options):
-    """uvicorn serving create_app(predictor) on 127.0.0.1:<free port> in a thread; yields the base URL."""
-    uv = server(create_app(predictor, ServeOptions(**options)), log_level=log_level)
-    sock = bind("127.0.0.1", 0)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert uv.started, "the server did not start"
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-        assert not thread.is_alive(), "the server did not stop"
 
 
 @pytest.fixture(scope="module")
@@ -262,15 +242,6 @@ def server_log():
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
-
-
-def half_request(base: str, body: bytes) -> socket.socket:
-    """A raw connection that declares a 1000-byte body and sends only `body`."""
-    host, port = base.removeprefix("http://").split(":")
-    conn = socket.create_connection((host, int(port)), timeout=30)
-    conn.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 1000\r\n\r\n" + body)
-    return conn
 
 
 def read_until_closed(conn: socket.socket) -> bytes:
