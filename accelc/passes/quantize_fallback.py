@@ -13,14 +13,10 @@ import numpy as np
 import torch
 
 from ..errors import PassError
+from .quantize_observe import rows_per_call
 from .quantize_rewrite import Layer
 
 ROWS = 1024  # rows per forward pass when scoring
-
-
-def rows_per_call(gm, most: int) -> int:
-    """How many rows one call of the graph takes: one for a graph captured for batch 1 only."""
-    return min(most, getattr(gm, "meta", {}).get("accelc_rows") or most)
 
 
 def outputs(gm, tensors: list[torch.Tensor]) -> np.ndarray:

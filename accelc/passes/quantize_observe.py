@@ -87,6 +87,11 @@ def load(fn, field: str, where: str | None, example_inputs: tuple, samples: int)
     return tensors
 
 
+def rows_per_call(gm, most: int) -> int:
+    """How many rows one call of the graph takes: one for a graph captured for batch 1 only."""
+    return min(most, getattr(gm, "meta", {}).get("accelc_rows") or most)
+
+
 def batches(tensors: list[torch.Tensor], size: int = BATCH):
     for start in range(0, len(tensors[0]), size):
         yield [t[start:start + size] for t in tensors]
@@ -159,7 +164,7 @@ def _sweep(gm, nodes, tensors, visit, log, what: str) -> None:
     total, done, shown = len(tensors[0]), 0, -1
     recorder = _Recorder(gm, set(nodes), visit)
     with torch.no_grad():
-        for chunk in batches(tensors, min(BATCH, gm.meta.get("accelc_rows") or BATCH)):
+        for chunk in batches(tensors, rows_per_call(gm, BATCH)):
             recorder.run(*chunk)
             done += len(chunk[0])
             step = 4 * done // total
