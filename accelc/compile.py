@@ -10,9 +10,17 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__, artifact, capture, data, index_bounds, metrics, recipe as recipe_mod, targets, verify
-from . import cache as build_cache
-from .errors import TuningError, VerificationError
+from accelc import __version__
+from accelc.artifact import store as artifact
+from accelc.capture import export as capture
+from accelc.verify import gate_data as data
+from accelc.capture import index_bounds
+from accelc.verify import metrics
+from accelc.config import recipe as recipe_mod
+from accelc.config import targets
+from accelc.verify import compare as verify
+from accelc.artifact import cache as build_cache
+from accelc.errors import TuningError, VerificationError
 
 
 @dataclass
@@ -65,7 +73,7 @@ def build(recipe_path, target: str | None = None, output: str | Path | None = No
     validation = data.validation_data(loaded) if recipe.verify.metric else None  # bad data fails before work
     artifact.preflight(out)  # a foreign --output or a bad signing key fails now, not after compiling
 
-    from .backends.tvm import lower  # the compiler side: imported only when building
+    from accelc.backends.tvm.lower import relax as lower  # the compiler side: imported only when building
 
     captured, graph, pass_reports, programs, lowered = _lower(loaded, spec, stage, log, "and compiling ")
     tvm_target, tuning, database = spec.tvm_target(), {"trials": 0}, None
@@ -113,8 +121,8 @@ def _load(recipe_path, target: str | None, stage):
 
 def _lower(loaded, spec, stage, log, also: str = ""):
     """Capture, passes and Relax: what a build and `accelc tune` share, so both see the same kernels."""
-    from .backends.tvm import lower
-    from .passes import PassContext, run_passes
+    from accelc.backends.tvm.lower import relax as lower
+    from accelc.passes import PassContext, run_passes
     recipe = loaded.recipe
     stage("capturing the model with torch.export")
     captured = capture.capture(loaded)
@@ -122,7 +130,7 @@ def _lower(loaded, spec, stage, log, also: str = ""):
     graph, pass_reports = run_passes(captured.graph, list(recipe.passes),
                                      PassContext(captured.example_inputs, loaded, log))
     stage(f"lowering to Relax {also}for {spec.name}")
-    from .backends.tvm import repairs
+    from accelc.backends.tvm.lower import repairs
     repaired = repairs.repair_graph(graph)  # before re-export: faults of torch.export and TVM worked around
     # inputs that index tables get their range (the runtime checks it); other indices are clamped
     bounds = index_bounds.bound_indices(graph, recipe.model.inputs, loaded.where)
@@ -145,7 +153,8 @@ def _lower(loaded, spec, stage, log, also: str = ""):
 
 def _check_tuning(loaded, spec) -> None:
     """Checked before any work: an unwritable database or an unreachable RPC farm fails now."""
-    from .backends.tvm import tune, tune_db
+    from accelc.backends.tvm.tune import driver as tune
+    from accelc.backends.tvm.tune import database as tune_db
     section = loaded.recipe.tuning
     tune.tuning_target(spec.tvm_target(), section.threads, loaded.where("tuning"))  # CPU targets only
     tune_db.check_root(loaded.resolve(section.database, "tuning", "database"), loaded.where("tuning", "database"))
@@ -154,7 +163,7 @@ def _check_tuning(loaded, spec) -> None:
 
 def _tune(loaded, spec, lowered, log, mode: str):
     """(tuning target, summary, database): the build compiles for the target the records are for."""
-    from .backends.tvm import tune
+    from accelc.backends.tvm.tune import driver as tune
     section = loaded.recipe.tuning
     target = tune.tuning_target(spec.tvm_target(), section.threads, loaded.where("tuning"))
     summary, database = tune.tune(lowered.mod, target, loaded.resolve(section.database, "tuning", "database"),
@@ -195,7 +204,7 @@ def _verify(loaded, spec, captured: capture.Captured, rewritten, folder: Path, v
     ok, why = spec.runs_here()
     if not ok:
         return _verify_emulated(loaded, spec, captured, rewritten, folder, validation, why, ranges)
-    from . import runtime
+    from accelc.runtime import predictor as runtime
     return _compare(loaded, captured, rewritten, runtime.load(folder), validation, ranges)
 
 
@@ -205,7 +214,7 @@ def _verify_emulated(loaded, spec, captured: capture.Captured, rewritten, folder
     if not spec.emulator:
         later = "; verify it on a GPU host (accelc verify, benchmarks/gpu_check.sh)" if spec.device == "cuda" else ""
         return verify.skipped(f"target '{spec.name}' cannot run on this machine: {why}{later}")
-    from . import emulate
+    from accelc import emulate
     reason = emulate.unavailable(spec)
     if reason is None:
         try:
@@ -266,7 +275,7 @@ def _manifest(loaded, spec, captured: capture.Captured, programs, lowered, pass_
     import torch
     import tvm
 
-    from .backends.tvm import lower
+    from accelc.backends.tvm.lower import relax as lower
     recipe = loaded.recipe
     reference = capture.run_eager(captured.model, [t.numpy() for t in captured.example_inputs])
     batch = captured.example_inputs[0].shape[0] if captured.example_inputs else 1

@@ -4,8 +4,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import emulate, host, targets
-from .errors import AccelcError
+from accelc import emulate
+from accelc.config import host_cpu as host
+from accelc.config import targets
+from accelc.errors import AccelcError
 
 # as benchmarks/gpu_check.sh's usage says (a test holds them together): pack here, run there
 GPU_HINT = ("verify on a GPU host: `bash benchmarks/gpu_check.sh pack OUT --python 3.12 ARTIFACT...` here "
@@ -52,7 +54,7 @@ def check(spec) -> Finding:
 
 def _toolchain_note(spec) -> str:
     if spec.device == "cuda":
-        from .backends.tvm import cuda
+        from accelc.backends.tvm import cuda
         release, _ = cuda.nvcc_facts(cuda.find_nvcc())
         return f"nvcc {release}, {', '.join(cuda.target_archs(spec))}"
     if spec.cross_compiler:

@@ -21,8 +21,10 @@ from tvm import relax  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 from common import print_table, time_calls  # noqa: E402
 
-from accelc import capture, recipe as recipe_mod, targets  # noqa: E402
-from accelc.backends.tvm import lower  # noqa: E402
+from accelc.capture import export as capture  # noqa: E402
+from accelc.config import recipe as recipe_mod
+from accelc.config import targets
+from accelc.backends.tvm.lower import relax as lower  # noqa: E402
 
 
 def compiled_call(graph, example, dynamic, target):

@@ -25,7 +25,7 @@ OUT = ROOT / "benchmarks" / "out" / "edu_churn_preprocess"
 WEIGHTS = ROOT / "examples" / "edu_churn" / "weights.safetensors"
 sys.path.insert(0, str(ROOT))
 
-from accelc import runtime  # noqa: E402
+from accelc.runtime import predictor as runtime  # noqa: E402
 from examples.edu_churn import data, preprocess  # noqa: E402
 
 PART_RECIPE = """\

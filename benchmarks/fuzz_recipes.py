@@ -24,7 +24,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from accelc import recipe as recipe_mod, targets  # noqa: E402
+from accelc.config import recipe as recipe_mod  # noqa: E402
+from accelc.config import targets
 from accelc.errors import AccelcError  # noqa: E402
 
 TINY = """\

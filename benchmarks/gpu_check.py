@@ -17,7 +17,8 @@ from pathlib import Path
 
 def loaded_recipe(manifest: dict, src: Path):
     """The recipe stored in the manifest, resolved against the packed repository (its models)."""
-    from accelc import recipe as recipe_mod, yamlio
+    from accelc.config import recipe as recipe_mod
+    from accelc.config import yamlio
     path = src / "recipes" / Path(manifest["recipe"]["path"]).name
     located = yamlio.load_text(manifest["recipe"]["text"], f"{path} (as stored in the manifest)")
     return recipe_mod.LoadedRecipe(recipe=recipe_mod.parse(located), path=path, root=src,
@@ -45,7 +46,10 @@ def torch_runner(model, device: str, compiled: bool):
 
 def check_artifact(folder: Path, src: Path, calls: int) -> list[list]:
     """Rows: one per built batch size, with verification and timings."""
-    from accelc import artifact, capture, runtime, verify
+    from accelc.artifact import store as artifact
+    from accelc.capture import export as capture
+    from accelc.runtime import predictor as runtime
+    from accelc.verify import compare as verify
     from accelc.compile import sample_sets
     from benchmarks.common import time_calls
     manifest = artifact.read_manifest(folder)

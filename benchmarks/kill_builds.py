@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from accelc import artifact  # noqa: E402
+from accelc.artifact import store as artifact  # noqa: E402
 from accelc.errors import ArtifactError  # noqa: E402
 
 STAGING_POINTS = ("written", "manifest", "fsync", "before-swap", "swapped", "fallback-moved")
@@ -47,7 +47,7 @@ EXPECTED = {"written": "previous", "manifest": "previous", "fsync": "previous", 
 STAGING_CHILD = textwrap.dedent("""\
     import os, signal, sys
     from pathlib import Path
-    from accelc import artifact
+    from accelc.artifact import store as artifact
     dest, point, payload = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 
@@ -255,7 +255,7 @@ def database_state(root: Path) -> str:
     """'clean', 'torn line set aside' or 'REFUSED <code>' for the tuning database under `root`."""
     import tvm
 
-    from accelc.backends.tvm import tune_db
+    from accelc.backends.tvm.tune import database as tune_db
     from accelc.errors import AccelcError
     folders = [f for f in root.iterdir() if (f / tune_db.TARGET_FILE).is_file()] if root.is_dir() else []
     if not folders:

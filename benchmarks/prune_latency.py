@@ -26,9 +26,9 @@ from tvm import relax  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 from common import print_table, time_calls  # noqa: E402
 
-from accelc import targets  # noqa: E402
-from accelc.backends.tvm import lower  # noqa: E402
-from accelc.capture import _drop_guards  # noqa: E402
+from accelc.config import targets  # noqa: E402
+from accelc.backends.tvm.lower import relax as lower  # noqa: E402
+from accelc.capture.export import _drop_guards  # noqa: E402
 from accelc.passes import PASSES, PassContext, run_passes  # noqa: E402
 
 

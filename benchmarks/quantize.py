@@ -36,9 +36,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import print_table  # noqa: E402
 
-from accelc import targets  # noqa: E402
-from accelc.backends.tvm import lower, quant_lower  # noqa: E402
-from accelc.capture import _drop_guards  # noqa: E402
+from accelc.config import targets  # noqa: E402
+from accelc.backends.tvm.lower import relax as lower  # noqa: E402
+from accelc.backends.tvm.lower import quant as quant_lower
+from accelc.capture.export import _drop_guards  # noqa: E402
 from accelc.passes import PASSES, PassContext, run_passes  # noqa: E402
 
 CALIBRATION: dict = {}

@@ -25,7 +25,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from accelc.artifact import read_manifest  # noqa: E402
+from accelc.artifact.store import read_manifest  # noqa: E402
 
 
 def start(artifact: str, extra: list[str]) -> tuple[subprocess.Popen, str]:

@@ -21,7 +21,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from accelc import runtime  # noqa: E402
+from accelc.runtime import predictor as runtime  # noqa: E402
 from accelc.errors import InputError  # noqa: E402
 
 

@@ -27,7 +27,8 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from accelc import artifact, signing  # noqa: E402
+from accelc.artifact import store as artifact  # noqa: E402
+from accelc.artifact import signing
 from accelc.errors import ArtifactError  # noqa: E402
 
 KEY = "tamper-benchmark-key-0123456789abcdef"

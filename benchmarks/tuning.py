@@ -81,7 +81,7 @@ def inputs_for(loaded, batch: int) -> list:
     """The recipe's own sample rows when it has them (edu_churn: raw rows with NaNs), else random."""
     import numpy as np
 
-    from accelc import capture
+    from accelc.capture import export as capture
     source = loaded.recipe.data.samples
     if source:
         arrays = capture.import_entrypoint(source, loaded.root, "benchmark", field="data.samples")(batch, batch)
@@ -96,7 +96,10 @@ def tuning_line(tuning: dict) -> str:
 
 
 def bench_workload(name: str, args) -> None:
-    from accelc import bench, capture, recipe as recipe_mod, runtime
+    from accelc.bench import run as bench
+    from accelc.capture import export as capture
+    from accelc.config import recipe as recipe_mod
+    from accelc.runtime import predictor as runtime
     sizes = WORKLOADS[name][1]
     untuned_recipe = write_recipe(name, sizes, None, args.target)
     tuned_recipe = write_recipe(name, sizes, {"trials": args.trials, "time_budget": args.time_budget,
@@ -106,7 +109,7 @@ def bench_workload(name: str, args) -> None:
     tuning = tuned.manifest["tuning"]
     print(f"\n== {name} for {tuned.manifest['target']['name']}: untuned build {t_untuned:.0f} s; "
           f"tuned build {t_tuned:.0f} s ({tuning_line(tuning)})")
-    from accelc.backends.tvm.tune import format_summary
+    from accelc.backends.tvm.tune.driver import format_summary
     print(format_summary(tuning))
     loaded = recipe_mod.load(untuned_recipe)
     model = capture.build_model(loaded).eval()

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from accelc import emulate, targets
+from accelc import emulate
+from accelc.emulate import root as root_mod
+from accelc.config import targets
 from accelc.compile import build
 from accelc.errors import ArtifactError
 from tests.fixtures.helpers import ROOT, TINY_RECIPE, cli, make_repo, require, write_recipe
@@ -128,7 +130,7 @@ def test_cli_prints_why_verification_was_skipped(toolchain, tmp_path, monkeypatc
 def test_a_broken_root_skips_verification_and_says_how_to_rebuild_it(toolchain, tmp_path, monkeypatch):
     root = tmp_path / "broken"
     root.mkdir()
-    (root / emulate.MARKER).write_text(json.dumps({"pins": emulate.pins()}))  # looks ready, holds nothing
+    (root / root_mod.MARKER).write_text(json.dumps({"pins": root_mod.pins()}))  # looks ready, holds nothing
     monkeypatch.setenv("ACCELC_EMULATION_ROOT", str(root))
     require(shutil.which(toolchain.emulator) is not None, "qemu-user-static missing")
     assert emulate.unavailable(toolchain) is None
@@ -146,7 +148,7 @@ def test_unavailable_names_the_missing_piece(tmp_path, monkeypatch):
     assert emulate.unavailable(arm_spec("x86")) == "no emulator is known for this target"
     root = tmp_path / "stale"
     root.mkdir()
-    (root / emulate.MARKER).write_text(json.dumps({"pins": ["apache-tvm==0.1"]}))
+    (root / root_mod.MARKER).write_text(json.dumps({"pins": ["apache-tvm==0.1"]}))
     monkeypatch.setenv("ACCELC_EMULATION_ROOT", str(root))
     if shutil.which(spec.emulator):
         assert "--force" in emulate.unavailable(spec)
@@ -173,17 +175,21 @@ def test_doctor_without_root_gives_the_setup_command(tmp_path, monkeypatch, caps
 
 
 def test_the_emulated_runtime_modules_import_neither_torch_nor_the_compiler():
-    """What is copied into the emulator must run there: stdlib + numpy + tvm only."""
+    """What is copied into the emulator must run there: stdlib + numpy + tvm + the copied files only."""
     import ast
-    allowed = {"numpy", "tvm", "tvm_ffi", "accelc"}
-    for name in emulate.RUNTIME_MODULES:
+    from accelc.emulate.predictor import GUEST_FILES
+    allowed = {"numpy", "tvm", "tvm_ffi"}
+    for name in GUEST_FILES:
         tree = ast.parse((ROOT / "accelc" / name).read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level:  # accelc's own: must be copied too
-                names = [node.module] if node.module else [alias.name for alias in node.names]
-                assert all(f"{n}.py" in emulate.RUNTIME_MODULES for n in names), (name, names)
-            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
                 modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module in ("accelc", "accelc.emulate"):
+                    modules = [f"{node.module}.{a.name}" for a in node.names]
                 for module in modules:
-                    top = module.split(".")[0]
-                    assert top in allowed or top in sys.stdlib_module_names, (name, module)
+                    if module.startswith("accelc"):  # ours: must be copied too
+                        path = module.replace(".", "/")[len("accelc/"):]
+                        assert module == "accelc" or f"{path}.py" in GUEST_FILES or f"{path}/__init__.py" in GUEST_FILES \
+                            or module.rsplit(".", 1)[0].replace(".", "/")[len("accelc/"):] + ".py" in GUEST_FILES, (name, module)
+                    else:
+                        assert module.split(".")[0] in allowed or module.split(".")[0] in sys.stdlib_module_names, (name, module)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from accelc import artifact, runtime
+from accelc.artifact import store as artifact
+from accelc.runtime import predictor as runtime
 from accelc.errors import ArtifactError
 from tests.fixtures.helpers import copy_artifact, shared_artifact
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from accelc import compile as compile_mod, runtime
+from accelc import compile as compile_mod
+from accelc.runtime import predictor as runtime
 from tests.fixtures.helpers import make_repo, write_recipe
 
 RECIPE = """\

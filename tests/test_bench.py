@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from accelc import bench
-from accelc.cli import main
+from accelc.bench import run as bench
+from accelc.cli.main import main
 from tests.fixtures.helpers import TINY_RECIPE, cli, make_repo, shared_artifact, write_recipe
 
 

@@ -7,7 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from accelc import artifact, cache, compile as compile_mod, recipe as recipe_mod, runtime, targets
+from accelc import compile as compile_mod
+from accelc.artifact import store as artifact
+from accelc.artifact import cache
+from accelc.config import recipe as recipe_mod
+from accelc.runtime import predictor as runtime
+from accelc.config import targets
 from tests.fixtures.helpers import TINY_RECIPE, cli, make_repo, scratch_dir, write_recipe
 
 
@@ -25,7 +30,7 @@ class Spy:
 
 @pytest.fixture
 def spies(monkeypatch):
-    from accelc.backends.tvm import lower
+    from accelc.backends.tvm.lower import relax as lower
     return Spy(monkeypatch, compile_mod.capture, "capture"), Spy(monkeypatch, lower, "compile_module")
 
 
@@ -130,7 +135,8 @@ def test_new_tuning_records_change_the_key_of_a_tuned_build(tmp_path):
     repo = make_repo(tmp_path / "repo")
     text = TINY_RECIPE + "tuning: {trials: 8, threads: 1}\n"
     before, untuned = key_of(repo, text), key_of(repo, TINY_RECIPE)
-    from accelc.backends.tvm import tune, tune_db
+    from accelc.backends.tvm.tune import driver as tune
+    from accelc.backends.tvm.tune import database as tune_db
     target = tune.tuning_target(targets.resolve("x86", repo).tvm_target(), 1)
     folder = tune_db.folder_for(repo / ".accelc" / "tuning", target)
     folder.mkdir(parents=True)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from accelc import capture, recipe
+from accelc.capture import export as capture
+from accelc.config import recipe
 from accelc.errors import ModelError
 from tests.fixtures.helpers import TINY_RECIPE, assert_cli_user_error, at, make_repo, write_recipe
 from tests.fixtures.models import tiny_mlp

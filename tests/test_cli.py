@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from accelc import artifact
+from accelc.artifact import store as artifact
 from tests.fixtures.helpers import (ROOT, TINY_RECIPE, assert_cli_user_error, at, cli, copy_artifact, make_repo,
                                     shared_artifact, write_recipe)
 
@@ -140,7 +140,7 @@ def test_targets_lists_what_each_supports(capsys):
 
 
 def test_targets_fit_in_100_columns(capsys):
-    from accelc import targets
+    from accelc.config import targets
     rc, out, _ = cli(["targets"], capsys)
     assert rc == 0 and max(len(line) for line in out.splitlines()) <= 100
     flat = {name: " ".join(text.split()) for name, text in target_records(out).items()}
@@ -162,7 +162,7 @@ def test_doctor_gpu_hint_matches_gpu_check_usage():
         forms = {" ".join(re.sub(r"\[([^]]*)\]", r"\1", line).split()),  # with the optional part
                  " ".join(re.sub(r"\[[^]]*\]", "", line).split())}  # without it
         assert " ".join(command.split()) in forms, (command, line)
-    from accelc import targets
+    from accelc.config import targets
     finding = doctor.check(targets.load_all(ROOT)["cuda-sm80"])
     assert finding.verify == "native" or doctor.GPU_HINT in finding.fixes  # what doctor says without a GPU
 
@@ -191,7 +191,7 @@ def test_broken_pipe_at_the_last_flush_exits_quietly():
 
 
 def test_version_is_quick_and_imports_neither_torch_nor_tvm():
-    probe = ("import sys; from accelc.cli import main; code = main(['--version']); "
+    probe = ("import sys; from accelc.cli.main import main; code = main(['--version']); "
              "print(code, sorted(m for m in ('torch', 'tvm', 'pydantic') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     lines = done.stdout.splitlines()
@@ -301,7 +301,7 @@ def test_verification_failure_exits_1_and_writes_nothing(tmp_path, capsys):
 
 
 def test_a_bug_exits_3_with_a_traceback(tmp_path, capsys, monkeypatch):
-    from accelc import recipe
+    from accelc.config import recipe
 
     def broken(path):
         raise ZeroDivisionError("a bug")

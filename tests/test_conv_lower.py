@@ -9,9 +9,9 @@ import pytest
 import torch
 import tvm
 
-from accelc.backends.tvm import lower
-from accelc.capture import _drop_guards
-from accelc.recipe import InputSpec
+from accelc.backends.tvm.lower import relax as lower
+from accelc.capture.export import _drop_guards
+from accelc.config.recipe import InputSpec
 
 TARGET = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"})
 

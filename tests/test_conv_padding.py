@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from accelc import capture, compile as compile_mod, recipe as recipe_mod
+from accelc import compile as compile_mod
+from accelc.capture import export as capture
+from accelc.config import recipe as recipe_mod
 from tests.fixtures.helpers import make_repo, write_recipe
 
 RECIPE = """\

@@ -9,10 +9,11 @@ import torch
 import tvm
 from hypothesis import given, settings, strategies as st
 
-from accelc import host, targets
-from accelc.backends.tvm import lower
-from accelc.capture import _drop_guards
-from accelc.recipe import InputSpec
+from accelc.config import host_cpu as host
+from accelc.config import targets
+from accelc.backends.tvm.lower import relax as lower
+from accelc.capture.export import _drop_guards
+from accelc.config.recipe import InputSpec
 
 TARGET = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"})
 

@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from accelc import artifact, runtime
+from accelc.artifact import store as artifact
+from accelc.runtime import predictor as runtime
 from accelc.errors import ArtifactError
 from benchmarks.kill_builds import (EXPECTED, STAGING_POINTS, digests, kill_build, kill_staging, leftovers,
                                     start_build, state)

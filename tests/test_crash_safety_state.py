@@ -18,8 +18,10 @@ from types import SimpleNamespace
 import pytest
 import tvm
 
-from accelc import artifact, cache, compile as compile_mod
-from accelc.backends.tvm import tune_db
+from accelc import compile as compile_mod
+from accelc.artifact import store as artifact
+from accelc.artifact import cache
+from accelc.backends.tvm.tune import database as tune_db
 from benchmarks.kill_builds import ROOT, kill, start_tune
 from tests.fixtures.helpers import copy_artifact, make_repo, scratch_dir, write_recipe
 from tests.test_tune import TIMED, TOPPED
@@ -100,7 +102,7 @@ STORE_CHILD = textwrap.dedent("""\
     import os, signal, sys
     from pathlib import Path
     from types import SimpleNamespace
-    from accelc import cache
+    from accelc.artifact import cache
     source, key, point = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     rename = os.rename
     def rename_at_point(src, dst):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from accelc import runtime, targets
+from accelc.runtime import predictor as runtime
+from accelc.config import targets
 from accelc.backends.tvm import cuda
 from accelc.compile import build
 from accelc.errors import ArtifactError, TargetError, ToolchainError
@@ -89,7 +90,7 @@ def test_loading_without_a_gpu_is_a_clear_error(edu_churn):
 LOAD_PROBE = textwrap.dedent("""
     import json, sys
     import tvm
-    from accelc import runtime
+    from accelc.runtime import predictor as runtime
     from accelc.errors import ArtifactError
     runtime._load_cuda_runtime()
     library = tvm.runtime.load_module(sys.argv[1] + "/lib.so")

@@ -1,4 +1,4 @@
-"""accelc.data: CSV loading (every bad input is one DataError naming the column and row) and the
+"""accelc.verify.gate_data: CSV loading (every bad input is one DataError naming the column and row) and the
 resolution of the metric gate's validation data from a recipe; the recipe fields behind them."""
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from accelc import data, recipe as recipe_mod
+from accelc.verify import gate_data as data
+from accelc.config import recipe as recipe_mod
 from accelc.errors import DataError, RecipeError
 from tests.fixtures.helpers import TINY_RECIPE, assert_cli_user_error, make_repo, write_recipe
 

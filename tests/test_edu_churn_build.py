@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # examples/ is imported from the repository, not installed
     sys.path.insert(0, str(ROOT))
 
-from accelc import recipe as recipe_mod, runtime  # noqa: E402
+from accelc.config import recipe as recipe_mod  # noqa: E402
+from accelc.runtime import predictor as runtime
 from accelc.compile import build  # noqa: E402
 from examples.edu_churn import data, schema  # noqa: E402
 from tests.fixtures.helpers import cli  # noqa: E402

@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # examples/ is imported from the repository, not installed
     sys.path.insert(0, str(ROOT))
 
-from accelc import metrics  # noqa: E402
-from accelc.data import load_csv  # noqa: E402
+from accelc.verify import metrics  # noqa: E402
+from accelc.verify.gate_data import load_csv  # noqa: E402
 from examples.edu_churn import data, schema  # noqa: E402
 
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # examples/ is imported from the repository, not installed
     sys.path.insert(0, str(ROOT))
 
-from accelc import metrics  # noqa: E402
+from accelc.verify import metrics  # noqa: E402
 from examples.edu_churn import data, preprocess, schema, train  # noqa: E402
 from examples.edu_churn.model import ChurnModel, build_model  # noqa: E402
 

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from accelc import runtime
+from accelc.runtime import predictor as runtime
 from accelc.errors import InputError
 from tests.fixtures.helpers import pair_eager, pair_inputs, shared_artifact
 
 pytest.importorskip("starlette")
-from accelc.serve import STATUS, ServeOptions, Service  # noqa: E402
+from accelc.runtime.server import STATUS, ServeOptions, Service  # noqa: E402
 
 FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 DTYPES = [np.float32, np.float64, np.float16, np.int32, np.int64, np.uint8, np.bool_, np.complex64]

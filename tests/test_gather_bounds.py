@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from accelc import compile as compile_mod, index_bounds, recipe, runtime
+from accelc import compile as compile_mod
+from accelc.capture import index_bounds
+from accelc.config import recipe
+from accelc.runtime import predictor as runtime
 from accelc.errors import InputError, ModelError
 from tests.fixtures.gather_models import computed_index, embed_linear
 from tests.fixtures.helpers import ROOT, make_repo, pair_eager, pair_inputs, shared_artifact, write_recipe
@@ -127,9 +130,9 @@ def test_ranged_inputs_keep_the_lean_path(embed, monkeypatch):
 DANGEROUS = textwrap.dedent("""\
     import sys
     import numpy as np
-    import accelc.runtime
+    import accelc.runtime.predictor
     from accelc.errors import InputError
-    predictor = accelc.runtime.load(sys.argv[1])
+    predictor = accelc.runtime.predictor.load(sys.argv[1])
     for batch in (4, 3, 1):
         for bad in (10**6, -10**9, 10**12):
             ids = np.zeros((batch, 6), np.int64)
@@ -390,8 +393,8 @@ def test_read_only_ids_are_range_checked_and_answered(embed, batch, tmp_path):
 WITHOUT_TORCH = textwrap.dedent("""\
     import json, sys
     import numpy as np
-    import accelc.runtime
-    predictor = accelc.runtime.load(sys.argv[1])
+    import accelc.runtime.predictor
+    predictor = accelc.runtime.predictor.load(sys.argv[1])
     out = predictor(np.zeros((4, 3), np.float32), np.ones((4, 3), np.float32))
     before = "torch" in sys.modules
     import torch  # still importable afterwards

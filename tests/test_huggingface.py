@@ -7,7 +7,10 @@ import pytest
 import torch
 import transformers
 
-from accelc import capture, compile as compile_mod, recipe as recipe_mod, runtime
+from accelc import compile as compile_mod
+from accelc.capture import export as capture
+from accelc.config import recipe as recipe_mod
+from accelc.runtime import predictor as runtime
 from accelc.errors import ModelError, RecipeError
 from tests.fixtures.helpers import assert_cli_user_error, make_repo, write_recipe
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from accelc import compile as compile_mod, runtime
+from accelc import compile as compile_mod
+from accelc.runtime import predictor as runtime
 from tests.fixtures.helpers import make_repo, scratch_dir, write_recipe
 
 RECIPE = """\

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from accelc import recipe as recipe_mod, runtime
-from accelc.cli import main
+from accelc.config import recipe as recipe_mod
+from accelc.runtime import predictor as runtime
+from accelc.cli.main import main
 from accelc.compile import build
 
 ROOT = Path(__file__).resolve().parents[1]

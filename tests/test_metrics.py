@@ -1,4 +1,4 @@
-"""accelc.metrics against hand-computed values and a brute-force pairwise AUC."""
+"""accelc.verify.metrics against hand-computed values and a brute-force pairwise AUC."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-from accelc import metrics
+from accelc.verify import metrics
 from accelc.errors import DataError
 
 

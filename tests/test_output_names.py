@@ -5,7 +5,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from accelc import capture, compile as compile_mod, runtime
+from accelc import compile as compile_mod
+from accelc.capture import export as capture
+from accelc.runtime import predictor as runtime
 from tests.fixtures.helpers import make_repo, write_recipe
 
 RECIPE = """\

@@ -23,14 +23,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from accelc import recipe as recipe_mod, runtime, targets  # noqa: E402
-from accelc.backends.tvm import lower  # noqa: E402
-from accelc.capture import _drop_guards  # noqa: E402
+from accelc.config import recipe as recipe_mod  # noqa: E402
+from accelc.runtime import predictor as runtime
+from accelc.config import targets
+from accelc.backends.tvm.lower import relax as lower  # noqa: E402
+from accelc.capture.export import _drop_guards  # noqa: E402
 from accelc.compile import build  # noqa: E402
 from accelc.errors import TargetError  # noqa: E402
 from accelc.passes import PassContext, run_passes  # noqa: E402
 from accelc.passes.quantize import QuantizeConfig  # noqa: E402
-from accelc.recipe import InputSpec  # noqa: E402
+from accelc.config.recipe import InputSpec  # noqa: E402
 from tests.fixtures.helpers import make_repo, write_recipe  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "edu_churn_int8.yaml"
@@ -154,7 +156,7 @@ def test_static_mlp_compiled_equals_its_quantized_graph_bit_for_bit(mlp_static):
 
 def test_static_mlp_above_the_fused_quantize_rows_equals_its_graph_too():
     """Above FUSED_QUANTIZE_ROWS each quantize is fused into the previous kernel's epilogue instead."""
-    from accelc.backends.tvm.quant_lower import FUSED_QUANTIZE_ROWS
+    from accelc.backends.tvm.lower.quant import FUSED_QUANTIZE_ROWS
     graph, report, specs = quantized(Mlp(), (12,), mode="static", min_outputs=1)
     batch = FUSED_QUANTIZE_ROWS * 2
     lowered, _, run = compile_graph(graph, specs, batch)
@@ -237,7 +239,7 @@ def test_edu_churn_int8_artifact_serves_raw_rows(built):
     raw = data.sample_inputs(70, seed=5)  # not a built size: padded to 1024
     got = runtime.load(built.output)(raw)
     loaded = recipe_mod.load(RECIPE)
-    from accelc.capture import build_model
+    from accelc.capture.export import build_model
     want = build_model(loaded)(torch.from_numpy(raw)).detach().numpy()
     assert got.shape == (70, 1) and np.abs(got - want).max() < 0.05  # int8 vs the float model
 

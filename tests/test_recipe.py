@@ -9,7 +9,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from accelc import recipe
+from accelc.config import recipe
 from accelc.errors import RecipeError, TargetError
 from tests.fixtures.helpers import TINY_RECIPE, at, line_col, make_repo, scratch_dir, write_recipe
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from accelc import recipe as recipe_mod
+from accelc.config import recipe as recipe_mod
 from accelc.errors import RecipeError
 from tests.fixtures.helpers import TINY_RECIPE, at, make_repo, write_recipe
 

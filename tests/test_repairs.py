@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from accelc import capture, compile as compile_mod, recipe as recipe_mod, runtime
-from accelc.backends.tvm import repairs
+from accelc import compile as compile_mod
+from accelc.capture import export as capture
+from accelc.config import recipe as recipe_mod
+from accelc.runtime import predictor as runtime
+from accelc.backends.tvm.lower import repairs
 from accelc.errors import UnsupportedOpError
 from tests.fixtures.helpers import make_repo, write_recipe
 

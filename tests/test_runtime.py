@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from accelc import runtime
+from accelc.runtime import predictor as runtime
 from accelc.errors import InputError
 from tests.fixtures.helpers import ROOT, pair_eager, pair_inputs, shared_artifact
 
@@ -99,8 +99,8 @@ TORCH_FREE = textwrap.dedent("""\
     import json, sys
     sys.modules["torch"] = None  # any `import torch` now raises ImportError
     import numpy as np
-    import accelc.runtime
-    predictor = accelc.runtime.load(sys.argv[1])
+    import accelc.runtime.predictor
+    predictor = accelc.runtime.predictor.load(sys.argv[1])
     data = np.load(sys.argv[2])
     np.save(sys.argv[3], predictor(a=data["a"], b=data["b"]))
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "accelc") and sys.modules[m] is not None)
@@ -121,7 +121,7 @@ def test_runs_without_torch_on_the_runtime_library(tmp_path):
     report = json.loads(done.stdout.strip().splitlines()[-1])
     modules = report["modules"]
     assert "libtvm_runtime.so" in report["libraries"] and "libtvm.so" not in report["libraries"]
-    assert "accelc.runtime" in modules and not [m for m in modules if m.startswith("torch")]
-    assert not {"accelc.capture", "accelc.compile", "accelc.passes", "accelc.backends"} & set(modules)
+    assert "accelc.runtime.predictor" in modules and not [m for m in modules if m.startswith("torch")]
+    assert not {"accelc.capture.export", "accelc.compile", "accelc.passes", "accelc.backends"} & set(modules)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), np.load(tmp_path / "expected.npy"),
                                rtol=1e-5, atol=1e-6)

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from accelc import runtime
+from accelc.runtime import predictor as runtime
 from accelc.errors import InputError
 from tests.fixtures.helpers import pair_eager, pair_inputs, shared_artifact
 

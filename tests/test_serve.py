@@ -23,9 +23,10 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from accelc import runtime, serve  # noqa: E402
+from accelc.runtime import predictor as runtime  # noqa: E402
+from accelc.runtime import server as serve
 from accelc.errors import InputError  # noqa: E402
-from accelc.serve import ServeOptions, bind  # noqa: E402
+from accelc.runtime.server import ServeOptions, bind  # noqa: E402
 from tests.fixtures.helpers import ROOT, assert_cli_user_error, pair_eager, pair_inputs, shared_artifact  # noqa: E402
 from tests.fixtures.servers import half_request, live  # noqa: E402
 
@@ -369,7 +370,7 @@ TORCH_FREE_SERVER = textwrap.dedent("""\
     if sys.argv[2] == "blocked":
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
     signal.signal(signal.SIGTERM, lambda *_: None)  # uvicorn stops gracefully, then re-raises: ignore that
-    from accelc.cli import main
+    from accelc.cli.main import main
     code = main(["serve", sys.argv[1], "--port", "0", "--micro-batch-ms", "1"])
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "accelc") and sys.modules[m] is not None)
     libraries = sorted({line.split()[-1].rsplit("/", 1)[-1] for line in open("/proc/self/maps") if "libtvm" in line})
@@ -420,6 +421,6 @@ def test_cli_server_runs_without_torch_on_the_runtime_library(torch_state):
     report = json.loads(out.strip().splitlines()[-1])
     assert report["code"] == 0 and "Traceback" not in err
     modules = report["modules"]
-    assert "accelc.serve" in modules and not [m for m in modules if m.startswith("torch")]
-    assert not {"accelc.capture", "accelc.compile", "accelc.passes", "accelc.backends"} & set(modules)
+    assert "accelc.runtime.server" in modules and not [m for m in modules if m.startswith("torch")]
+    assert not {"accelc.capture.export", "accelc.compile", "accelc.passes", "accelc.backends"} & set(modules)
     assert "libtvm_runtime.so" in report["libraries"] and "libtvm.so" not in report["libraries"]

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 import accelc  # noqa: E402
-from accelc import runtime  # noqa: E402
+from accelc.runtime import predictor as runtime  # noqa: E402
 from tests.fixtures.helpers import pair_inputs, shared_artifact  # noqa: E402
 from tests.fixtures.servers import half_request, live  # noqa: E402
 

@@ -9,7 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from accelc import artifact, runtime, signing
+from accelc.artifact import store as artifact
+from accelc.runtime import predictor as runtime
+from accelc.artifact import signing
 from accelc.errors import ArtifactError
 from benchmarks.tamper import KEY, must_refuse, signed_copy, sweep
 from tests.fixtures.helpers import TINY_RECIPE, cli, copy_artifact, make_repo, write_recipe

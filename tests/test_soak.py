@@ -3,7 +3,7 @@ single-threaded one, hostile inputs mixed in each refused with their code, RSS b
 benchmarks/soak.py runs 8 x 10,000."""
 from __future__ import annotations
 
-from accelc import runtime
+from accelc.runtime import predictor as runtime
 from benchmarks.soak import soak
 from tests.fixtures.helpers import shared_artifact
 

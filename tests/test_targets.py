@@ -5,7 +5,8 @@ import textwrap
 
 import pytest
 
-from accelc import recipe, targets
+from accelc.config import recipe
+from accelc.config import targets
 from accelc.errors import TargetError, ToolchainError
 from tests.fixtures.helpers import TINY_RECIPE, assert_cli_user_error, at, cli, make_repo, write_recipe
 
@@ -48,7 +49,7 @@ def test_unknown_target_without_close_match_lists_targets():
 
 
 def test_x86_runs_here_on_an_avx2_machine():
-    from accelc import host
+    from accelc.config import host_cpu as host
     ok, why = targets.resolve("x86").runs_here()
     assert ok == ({"avx2", "fma"} <= host.cpu_flags() and host.host_arch() == "x86_64"), why
 

@@ -9,8 +9,14 @@ import pytest
 import torch
 import tvm
 
-from accelc import compile as compile_mod, recipe as recipe_mod, runtime, targets
-from accelc.backends.tvm import pipeline, tune, tune_db, tune_ms
+from accelc import compile as compile_mod
+from accelc.config import recipe as recipe_mod
+from accelc.runtime import predictor as runtime
+from accelc.config import targets
+from accelc.backends.tvm import pipeline
+from accelc.backends.tvm.tune import driver as tune
+from accelc.backends.tvm.tune import database as tune_db
+from accelc.backends.tvm.tune import metaschedule as tune_ms
 from accelc.errors import RecipeError, TuningError
 from tests.fixtures.helpers import assert_cli_user_error, at, cli, make_repo, scratch_dir, write_recipe
 from tests.fixtures.models import tiny_mlp

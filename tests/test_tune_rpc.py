@@ -10,8 +10,12 @@ import time
 import pytest
 import tvm
 
-from accelc import compile as compile_mod, recipe as recipe_mod, targets
-from accelc.backends.tvm import tune, tune_db, tune_rpc
+from accelc import compile as compile_mod
+from accelc.config import recipe as recipe_mod
+from accelc.config import targets
+from accelc.backends.tvm.tune import driver as tune
+from accelc.backends.tvm.tune import database as tune_db
+from accelc.backends.tvm.tune import rpc as tune_rpc
 from accelc.errors import TuningError
 from tests.fixtures.helpers import make_repo, scratch_dir, write_recipe
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from accelc import yamlio
+from accelc.config import yamlio
 from accelc.errors import RecipeError
 
 

@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import AccelcError, PassError, Problem, did_you_mean
-from . import stats
+from accelc.errors import AccelcError, PassError, Problem, did_you_mean
+from accelc.passes import stats
 
 PASSES: dict[str, type["Pass"]] = {}
 PASS_CONFIGS: dict[str, type[BaseModel]] = {}
@@ -97,7 +97,7 @@ def run_passes(gm, configs: list, ctx: PassContext):
 
 def fail(message: str, *, node=None, hint: str | None = None):
     """Raise a PassError naming the node and its source line."""
-    from ..capture import node_location
+    from accelc.capture.export import node_location
     raise PassError(message, location=node_location(node) if node is not None else None, hint=hint)
 
 

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import fx
 
-from ..errors import PassError
-from .base import PassConfig
-from .fold import fetch
+from accelc.errors import PassError
+from accelc.passes.base import PassConfig
+from accelc.passes.fold import fetch
 
 aten = torch.ops.aten
 ENTRYPOINT = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -62,7 +62,7 @@ def trainable(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
 
 def resolve_source(config: FinetuneConfig, loaded):
     """(callable, name) of the training data, or (None, why not)."""
-    from ..capture import import_entrypoint
+    from accelc.capture.export import import_entrypoint
     spec = config.data or (getattr(loaded.recipe.data, "train", None) if loaded is not None else None)
     if not spec:
         return None, "no training data: give finetune.data or the recipe's data.train"

@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from .base import Pass, PassConfig, PassContext, PassResult, register
+from accelc.passes.base import Pass, PassConfig, PassContext, PassResult, register
 
 aten = torch.ops.aten
 PRODUCERS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.linear.default}

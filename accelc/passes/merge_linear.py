@@ -11,9 +11,9 @@ import torch
 from pydantic import Field
 from torch import fx
 
-from .base import Pass, PassConfig, PassContext, PassResult, register
-from .deps import layer_name
-from .fold import attach, drop_unused, fetch
+from accelc.passes.base import Pass, PassConfig, PassContext, PassResult, register
+from accelc.passes.channel_groups import layer_name
+from accelc.passes.fold import attach, drop_unused, fetch
 
 aten = torch.ops.aten
 LINEAR = aten.linear.default

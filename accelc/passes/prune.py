@@ -14,10 +14,11 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field, model_validator
 
-from . import deps, stats
-from .base import Pass, PassConfig, PassContext, PassResult, glob_warnings, register
-from .finetune import FinetuneConfig, finetune
-from .fold import attach, drop_unused, fetch
+from accelc.passes import stats
+from accelc.passes import channel_groups as deps
+from accelc.passes.base import Pass, PassConfig, PassContext, PassResult, glob_warnings, register
+from accelc.passes.finetune import FinetuneConfig, finetune
+from accelc.passes.fold import attach, drop_unused, fetch
 
 Amount = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 DENSE_NOTE = ("unstructured sparsity: the zeroed weights are still stored and multiplied by dense kernels, "

@@ -18,10 +18,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..errors import PassError
-from . import quantize_fallback as fallback_mod, quantize_observe as observe_mod, quantize_rewrite as rewrite
-from .base import Pass, PassConfig, PassContext, PassResult, glob_warnings, register
-from .fold import fetch
+from accelc.errors import PassError
+from accelc.passes import quantize_fallback as fallback_mod, quantize_observe as observe_mod, quantize_rewrite as rewrite
+from accelc.passes.base import Pass, PassConfig, PassContext, PassResult, glob_warnings, register
+from accelc.passes.fold import fetch
 
 ENTRYPOINT = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 FLOAT_DTYPES = ("float16", "bfloat16")
@@ -172,7 +172,7 @@ def _samples(cfg, ctx, index, where, required: bool) -> tuple[list[torch.Tensor]
                         "inputs, or (inputs, labels)) to the recipe, or use mode: dynamic")
     loaded = ctx.loaded
     if loaded is not None and (loaded.recipe.data.validation or loaded.recipe.data.csv):
-        from .. import data
+        from accelc.verify import gate_data as data
         inputs, _ = data.validation_data(loaded)
         return [torch.from_numpy(a[:cfg.samples]) for a in inputs], "validation inputs"
     return list(ctx.example_inputs), "example inputs"

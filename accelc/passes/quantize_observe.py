@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from ..errors import PassError
+from accelc.errors import PassError
 
 BINS = 2048
 BATCH = 256  # rows per calibration forward pass
@@ -26,7 +26,7 @@ BATCH = 256  # rows per calibration forward pass
 
 def source(config_data: str | None, loaded, pass_index: int | None):
     """(callable, field path, location) of the calibration data; (None, None, None) when none is set."""
-    from ..capture import import_entrypoint
+    from accelc.capture.export import import_entrypoint
     spec = config_data or (loaded.recipe.data.calibration if loaded is not None else None)
     if not spec:
         return None, None, None
@@ -130,7 +130,7 @@ def observe(gm, nodes: list, tensors: list[torch.Tensor], method: str, log, perc
 
     _sweep(gm, nodes, tensors, minmax, log, "ranges")
     if broken:
-        from .deps import is_layer, layer_name
+        from accelc.passes.channel_groups import is_layer, layer_name
         layers = sorted({layer_name(user) for n in broken for user in n.users if is_layer(user)})
         raise PassError(f"calibration gives non-finite activations (NaN or inf) at the input of {', '.join(layers)}: "
                         "no range to quantize", code="E454", hint="clean the calibration inputs, or keep those "

@@ -15,10 +15,10 @@ from operator import getitem
 import torch
 from torch import fx
 
-from .deps import layer_name
-from .fold import drop_unused, fetch
-from .quantize_observe import activation_qparams, weight_qparams
-from .quantize_ops import ops
+from accelc.passes.channel_groups import layer_name
+from accelc.passes.fold import drop_unused, fetch
+from accelc.passes.quantize_observe import activation_qparams, weight_qparams
+from accelc.passes.quantize_ops import ops
 
 aten = torch.ops.aten
 LINEAR, CONV2D = aten.linear.default, aten.conv2d.default
@@ -57,7 +57,7 @@ def layers(gm: fx.GraphModule, dtype: str) -> list[Layer]:
 def float_ops(gm: fx.GraphModule) -> list[dict]:
     """Multiply-accumulate ops that are not Linear/Conv layers (attention's matmuls): they have
     no int8 path and stay float32."""
-    from .stats import MATMULS
+    from accelc.passes.stats import MATMULS
     heavy = MATMULS | {aten.scaled_dot_product_attention.default}
     return [{"node": n.name, "op": n.target._opname, "layer": layer_name(n)}
             for n in gm.graph.nodes if n.op == "call_function" and n.target in heavy]

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from .base import Pass, PassConfig, PassContext, PassResult, register
+from accelc.passes.base import Pass, PassConfig, PassContext, PassResult, register
 
 aten = torch.ops.aten
 RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}

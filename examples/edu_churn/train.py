@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from accelc import metrics
+from accelc.verify import metrics
 
 from . import data, preprocess
 from .model import ChurnModel, build_model

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from accelc import compile as compile_mod, emulate, targets
+from accelc import compile as compile_mod, emulate
+from accelc.config import targets
 from tests.fixtures.helpers import ROOT, make_repo, require, write_recipe
 from tests.models.families import FAMILIES
 

@@ -8,7 +8,7 @@ from collections import Counter
 
 import torch
 
-from accelc.capture import _drop_guards
+from accelc.capture.export import _drop_guards
 from accelc.passes import PASS_CONFIGS, PassContext, run_passes
 
 

@@ -215,7 +215,7 @@ def compiled_cnn():
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
-    from accelc.backends.tvm import lower
+    from accelc.backends.tvm.lower import relax as lower
     model, inputs, gm = captured("cnn")
     result = prune(gm, inputs, amount=0.5)
     target = tvm.target.Target({"kind": "llvm"})
@@ -255,7 +255,7 @@ passes:
 
 
 def test_bad_configs_are_located_recipe_errors(tmp_path):
-    from accelc import recipe as recipe_mod
+    from accelc.config import recipe as recipe_mod
     from accelc.errors import RecipeError
     (tmp_path / "r.yaml").write_text(RECIPE)
     with pytest.raises(RecipeError) as info:

@@ -10,7 +10,7 @@ import warnings
 import torch
 from torch import nn
 
-from accelc.capture import _drop_guards
+from accelc.capture.export import _drop_guards
 
 
 class MLP(nn.Module):
@@ -116,7 +116,7 @@ def build(name: str, seed: int = 0):
 
 
 def export(model: nn.Module, inputs: tuple, dynamic: bool = True) -> torch.fx.GraphModule:
-    """The fx graph passes rewrite, captured as accelc.capture does (dynamic batch, no guards)."""
+    """The fx graph passes rewrite, captured as accelc.capture.export does (dynamic batch, no guards)."""
     shapes = ({0: torch.export.Dim("batch", min=1, max=64)},) * len(inputs) if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from accelc import recipe as recipe_mod
-from accelc.capture import import_entrypoint
+from accelc.config import recipe as recipe_mod
+from accelc.capture.export import import_entrypoint
 from accelc.errors import PassError, RecipeError
 from accelc.passes import PassContext, run_passes
 from accelc.passes.fold import fetch

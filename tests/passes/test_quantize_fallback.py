@@ -8,8 +8,8 @@ import textwrap
 import pytest
 import torch
 
-from accelc import recipe as recipe_mod
-from accelc.capture import import_entrypoint
+from accelc.config import recipe as recipe_mod
+from accelc.capture.export import import_entrypoint
 from accelc.errors import PassError
 from accelc.passes import PassContext
 from accelc.passes.quantize import Quantize

@@ -22,7 +22,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from ...errors import TargetError, ToolchainError
+from accelc.errors import TargetError, ToolchainError
 
 FATBIN_MAGIC = 0xBA55ED50
 NVCC_HINT = ("install the CUDA toolkit 13 (nvcc), e.g. `pip install nvidia-cuda-nvcc nvidia-cuda-runtime`, "

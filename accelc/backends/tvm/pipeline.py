@@ -8,7 +8,7 @@ from tvm import relax
 
 def prepare_passes(target) -> list:
     """Target-independent clean-up before lowering."""
-    from .layout_sink import SinkLayoutTransforms
+    from accelc.backends.tvm.layout_sink import SinkLayoutTransforms
     return [
         relax.transform.DecomposeOpsForInference(),  # batch_norm etc. into elementwise ops
         SinkLayoutTransforms,  # NHWC convolutions in NCHW models: the transposes between them cancel
@@ -32,8 +32,8 @@ def cpu_pipeline(target, database=None, unaligned=None) -> list:
     from tvm.relax.backend.cpu_generic import pipeline as backend
     from tvm.s_tir import dlight
 
-    from .cpu_schedules import Elementwise, InnerKeptReduction, Matmul, Tolerant
-    from .quant_schedule import Im2col, QGemm
+    from accelc.backends.tvm.cpu_schedules import Elementwise, InnerKeptReduction, Matmul, Tolerant
+    from accelc.backends.tvm.quant_schedule import Im2col, QGemm
     passes = _backend_passes(backend, target, database)
     # Kernels without a tuning record get a default schedule instead of naive loops.
     defaults = dlight.ApplyDefaultSchedule(QGemm(), Im2col(), Matmul(), Tolerant(dlight.cpu.GEMV()),

@@ -16,7 +16,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from .cpu_schedules import TILE_SCOPE, _lanes, flat, largest_divisor, patches_per_tile, root_blocks
+from accelc.backends.tvm.cpu_schedules import TILE_SCOPE, _lanes, flat, largest_divisor, patches_per_tile, root_blocks
 
 INTRIN = "accelc_dot_8x4_u8i8i32_avx2"
 

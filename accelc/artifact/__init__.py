@@ -1,0 +1,1 @@
+"""The artifact on disk: files and hashes written atomically, the build cache, signatures."""

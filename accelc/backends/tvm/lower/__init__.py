@@ -1,0 +1,1 @@
+"""fx -> torch.export -> Relax: importer repairs, quantized-op lowering, build and export."""

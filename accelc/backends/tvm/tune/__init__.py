@@ -1,0 +1,1 @@
+"""MetaSchedule tuning: the driver, the record database and RPC boards."""

@@ -1,0 +1,1 @@
+"""The `accelc` command: parse arguments, call the library, print."""
