@@ -1,7 +1,6 @@
-"""The default CPU matmul schedule: applied to dense matmuls, numerically exact on odd shapes."""
+"""The default CPU schedules on whole models: numerically exact on odd shapes, with the loop
+structure each rule promises (asserted on the scheduled kernels' loops, not their text)."""
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from accelc.config import targets
 from accelc.backends.tvm.lower import relax as lower
 from accelc.capture.export import _drop_guards
 from accelc.config.recipe import InputSpec
+from tests.fixtures import tir
 
 TARGET = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"})
 
@@ -40,14 +40,19 @@ def compile_and_run(model, inputs, specs, target=TARGET):
     params = vm["transform_params"]([tvm.runtime.tensor(p) for p in lowered.params.values()]) \
         if lowered.params else []
     out = vm[lower.function_name(inputs[0].shape[0])](*[tvm.runtime.tensor(a) for a in inputs], *params)
-    return out.numpy(), lowered, executable_source(lowered, target)  # one output: returned unwrapped
+    return out.numpy(), lowered, scheduled(lowered, target)  # one output: returned unwrapped
 
 
-def executable_source(lowered, target=TARGET) -> str:
+def scheduled(lowered, target=TARGET):
+    """The module's kernels as the pipeline schedules them."""
     from accelc.backends.tvm.pipeline import build_pipeline
     with target:
-        mod = build_pipeline(target)(lowered.mod)
-    return mod.script()
+        return build_pipeline(target)(lowered.mod)
+
+
+def vector_widths(mod) -> set[int]:
+    """The extents of every vectorised loop of every kernel."""
+    return {loop.extent for func in tir.kernels(mod).values() for loop in tir.all_loops(func) if loop.kind == "vectorized"}
 
 
 @settings(max_examples=6, deadline=None)
@@ -64,13 +69,15 @@ def test_linear_relu_matches_torch_on_odd_shapes(m, k, n):
 def test_matmul_is_tiled_vectorised_and_accumulates_in_a_tile_on_the_stack():
     model = LinearRelu(64, 64).eval()
     x = np.ones((32, 64), np.float32)
-    _, lowered, script = compile_and_run(model, [x], [InputSpec(name="x", shape=["batch", 64])])
-    assert "T.vectorized" in script
-    assert "T.parallel" in script
+    _, lowered, mod = compile_and_run(model, [x], [InputSpec(name="x", shape=["batch", 64])])
+    func = tir.kernel_with(mod, "matmul_update")
+    loops = [(loop.kind, loop.extent) for loop in tir.loops(func, "matmul_update")]
+    # row tiles in parallel; 8 steps of k per loop iteration (loop overhead is not paid per step of
+    # 8 FMAs), then the tile's 4 rows unrolled and its 2 vectors of 8 columns
+    assert loops == [("parallel", 8), ("serial", 4), ("serial", 8), ("unrolled", 8), ("unrolled", 4),
+                     ("vectorized", 16)], loops
     # the accumulator tile is a small buffer per tile, not a workspace allocated and freed per tile
-    assert re.search(r'matmul_intermediate_global = T\.sblock_alloc_buffer', script), script
-    # 8 steps of k per loop iteration: loop overhead is not paid per step of 8 FMAs
-    assert re.search(r"for k_0 in range\(T\.int64\(8\)\):\s+for k_1 in T\.unroll\(T\.int64\(8\)\)", script), script
+    assert tir.buffers(func) == {"matmul_intermediate_global": "global"}
     executable = lower.compile_module(lowered, TARGET)
     code = "\n".join(m.inspect_source("asm") for m in [executable.mod, *executable.mod.imports] if m.kind == "llvm")
     assert "vfmadd" in code and "TVMBackendAllocWorkspace" not in code
@@ -96,11 +103,11 @@ class Preprocess(torch.nn.Module):
 def test_elementwise_chain_is_fused_vectorised_and_exact(rows):
     x = np.random.default_rng(rows).standard_normal((rows, 27), dtype=np.float32) * 10
     x[::3, 5] = np.nan
-    got, _, script = compile_and_run(Preprocess(), [x], [InputSpec(name="x", shape=["batch", 27])])
+    got, _, mod = compile_and_run(Preprocess(), [x], [InputSpec(name="x", shape=["batch", 27])])
     want = Preprocess()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     if rows * 27 >= 8:
-        assert "T.vectorized" in script
+        assert vector_widths(mod) == {8}
 
 
 class Head(torch.nn.Module):
@@ -120,14 +127,13 @@ def test_one_column_matmul_sums_in_lanes_and_matches_torch(rows, k):
     torch.manual_seed(rows)
     model = Head(k).eval()
     x = np.random.default_rng(rows).standard_normal((rows, k), dtype=np.float32)
-    got, _, script = compile_and_run(model, [x], [InputSpec(name="x", shape=["batch", k])])
+    got, _, mod = compile_and_run(model, [x], [InputSpec(name="x", shape=["batch", k])])
     np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
-    assert "matmul_rf" in script and "T.vectorized" in script
+    func = tir.kernel_with(mod, "matmul_rf_update")  # lanes summed across k, then added up
+    assert any(loop.kind == "vectorized" for loop in tir.loops(func, "matmul_rf_update"))
     if rows % 4 == 0:  # one loop over groups of rows: lane sums, totals and sigmoid inside it
-        kernel = script[script.index("def fused_matmul"):]
-        kernel = kernel[:kernel.index("@T.prim_func") if "@T.prim_func" in kernel else len(kernel)]
-        top = re.findall(r"^        for \w+ in (?:T\.parallel|range)\(T\.int64\((\d+)\)\)", kernel, re.M)
-        assert top == [str(rows // (8 if rows % 8 == 0 else 4))], kernel
+        top = [loop.extent for loop in tir.top_loops(func)]
+        assert top == [rows // (8 if rows % 8 == 0 else 4)], top
 
 
 class Concat(torch.nn.Module):
@@ -149,9 +155,9 @@ class Concat(torch.nn.Module):
 def test_concatenations_match_torch_row_by_row_or_along_rows(rows, dim):
     x = np.random.default_rng(rows).standard_normal((rows, 20), dtype=np.float32) * 5
     x[:, 16] = np.random.default_rng(1).integers(-1, 7, rows)
-    got, _, script = compile_and_run(Concat(dim), [x], [InputSpec(name="x", shape=["batch", 20])])
+    got, _, mod = compile_and_run(Concat(dim), [x], [InputSpec(name="x", shape=["batch", 20])])
     np.testing.assert_allclose(got, Concat(dim)(torch.from_numpy(x)).numpy(), rtol=1e-6, atol=1e-6)
-    assert "T.vectorized" in script
+    assert vector_widths(mod)
 
 
 @pytest.mark.skipif(not {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= host.cpu_flags(),
@@ -160,19 +166,21 @@ def test_avx512_target_runs_rows_narrower_than_a_register_as_8_lane_vectors():
     """16 float lanes: edu_churn's 24-wide rows are three 8-lane vectors, not unrolled scalars."""
     avx512 = targets.resolve("x86-avx512").tvm_target()
     x = np.random.default_rng(0).standard_normal((700, 24), dtype=np.float32) * 5
-    got, _, script = compile_and_run(Preprocess(), [x], [InputSpec(name="x", shape=["batch", 24])], avx512)
+    got, _, mod = compile_and_run(Preprocess(), [x], [InputSpec(name="x", shape=["batch", 24])], avx512)
     np.testing.assert_allclose(got, Preprocess()(torch.from_numpy(x)).numpy(), rtol=1e-6, atol=1e-6)
-    assert "T.vectorized(T.int64(8))" in script
+    assert vector_widths(mod) == {8}
     model = LinearRelu(24, 48).eval()
-    got, _, script = compile_and_run(model, [x], [InputSpec(name="x", shape=["batch", 24])], avx512)
+    got, _, mod = compile_and_run(model, [x], [InputSpec(name="x", shape=["batch", 24])], avx512)
     np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-5)
-    assert "T.vectorized(T.int64(16))" in script  # the matmul tile: a full AVX-512 register
+    tile = tir.loops(tir.kernel_with(mod, "matmul_update"), "matmul_update")
+    assert (tile[-1].kind, tile[-1].extent) == ("vectorized", 32)  # the tile's columns: two AVX-512 registers
     head = Head(40).eval()  # k = 40: summed in 8-lane halves
-    got, _, script = compile_and_run(head, [x[:, :1].repeat(40, 1)], [InputSpec(name="x", shape=["batch", 40])],
-                                     avx512)
+    got, _, mod = compile_and_run(head, [x[:, :1].repeat(40, 1)], [InputSpec(name="x", shape=["batch", 40])],
+                                  avx512)
     np.testing.assert_allclose(got, head(torch.from_numpy(x[:, :1].repeat(40, 1))).detach().numpy(),
                                rtol=1e-5, atol=1e-6)
-    assert "matmul_rf" in script
+    lanes = tir.loops(tir.kernel_with(mod, "matmul_rf_update"), "matmul_rf_update")
+    assert ("vectorized", 8) in [(loop.kind, loop.extent) for loop in lanes]
 
 
 class Pools(torch.nn.Module):
@@ -187,9 +195,14 @@ class Pools(torch.nn.Module):
 @pytest.mark.parametrize("channels", [16, 12, 7])
 def test_reductions_over_outer_axes_run_the_kept_axis_in_vectors_and_match_torch(channels):
     x = np.random.default_rng(channels).standard_normal((3, 5, 6, channels), dtype=np.float32)
-    got, _, source = compile_and_run(Pools(), [x], [InputSpec(name="x", shape=["batch", 5, 6, channels])])
+    got, _, mod = compile_and_run(Pools(), [x], [InputSpec(name="x", shape=["batch", 5, 6, channels])])
     np.testing.assert_allclose(got, Pools()(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-4)
-    mean = source[source.index("def mean"):].split("@T.prim_func")[0]
-    # the reduced axes outside, the channels inside them (in vectors when they divide into 4+ lanes)
-    assert re.search(r"for \w+, \w+, \w+ in T\.grid\(T\.int64\(5\), T\.int64\(6\), ", mean) or channels % 4, mean
-    assert ("T.vectorized" in mean.split("_update")[0]) == (channels % 4 == 0), mean
+    mean = tir.kernels(mod)["mean"]
+    (update,) = [name for name in tir.blocks(mean) if "_red" in name and not name.endswith("_init")]
+    loops = [(loop.kind, loop.extent) for loop in tir.loops(mean, update) if loop.extent != 1]  # not keepdims' 1s
+    if channels % 4 == 0:  # the reduced axes outside, the channels inside them in vectors of 4+ lanes
+        vector = 8 if channels % 8 == 0 else 4
+        assert loops == [("serial", 3), ("serial", 5), ("serial", 6), ("serial", channels // vector),
+                         ("vectorized", vector)], loops
+    else:
+        assert "vectorized" not in [kind for kind, _ in loops], loops

@@ -7,7 +7,7 @@ import pytest
 import tvm
 from tvm.script import tirx as T
 
-from accelc.backends.tvm import vector_math
+from accelc.backends.tvm.schedules import vector_math
 
 TARGET = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"})
 N = 1 << 14

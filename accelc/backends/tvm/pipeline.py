@@ -32,12 +32,14 @@ def cpu_pipeline(target, database=None, unaligned=None) -> list:
     from tvm.relax.backend.cpu_generic import pipeline as backend
     from tvm.s_tir import dlight
 
-    from accelc.backends.tvm.cpu_schedules import Elementwise, InnerKeptReduction, Matmul, Tolerant
-    from accelc.backends.tvm.quant_schedule import Im2col, QGemm
+    from accelc.backends.tvm import intrin
+    from accelc.backends.tvm.kernels import isa
+    from accelc.backends.tvm.schedules import RULES
+    from accelc.backends.tvm.schedules.rule import Tagged
+    intrin.register_for(isa.of(target))  # before tuning records that tensorize are replayed
     passes = _backend_passes(backend, target, database)
     # Kernels without a tuning record get a default schedule instead of naive loops.
-    defaults = dlight.ApplyDefaultSchedule(QGemm(), Im2col(), Matmul(), Tolerant(dlight.cpu.GEMV()),
-                                           InnerKeptReduction(), Tolerant(dlight.cpu.Reduction()), Elementwise())
+    defaults = dlight.ApplyDefaultSchedule(*(Tagged(pattern, rule) for pattern, rule in RULES))
     at = next(i for i, p in enumerate(passes) if p.info.name == "RewriteDataflowReshape")
     # Inputs are looked at once reshapes have become views (a view of an input passed to a kernel
     # keeps the input aligned), before calls turn into VM instructions.

@@ -2,8 +2,8 @@
 
 TVM 0.27's CPU pipeline has no default schedule for conv2d: untuned, the ResNet-style CNN of
 benchmarks/quantize.py ran 10x slower than eager PyTorch (29.9 ms against 2.8 ms at batch 1).
-Lowered the way the int8 path lowers its convolutions (quant_lower.im2col: NHWC patches, one
-contiguous run of channels per tap), a convolution is a matmul that cpu_schedules.Matmul tiles,
+Lowered the way the int8 path lowers its convolutions (patches.im2col: NHWC patches, one
+contiguous run of channels per tap), a convolution is a matmul that schedules/matmul.py tiles,
 and the same CNN ran in 0.66 ms. Patches and matmul are one kernel: the schedule computes each
 row tile's patches just before the tile, in L1, where a separate im2col kernel wrote all of them
 to memory first (9x the input for a 3x3 kernel; the CNN at batch 16: 9.2 -> 6.2 ms). The weight
@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from tvm import relax, te
 
-from accelc.backends.tvm.lower.quant import _shape, conv_geometry, conv_weight, im2col
+from accelc.backends.tvm.kernels import tags
+from accelc.backends.tvm.lower.patches import conv_geometry, conv_weight, im2col
+from accelc.backends.tvm.lower.shapes import static_shape
 
 
 def _pair(value) -> list[int]:
@@ -26,12 +28,12 @@ def convert_conv2d(node, importer):
     plain 2-D float32 convolutions as im2col + matmul; anything else as TVM imports it."""
     args = list(node.args) + [None] * (9 - len(node.args))
     x, w = importer.env[args[0]], importer.env[args[1]]
-    shape = _shape(x) if x.ty.shape is not None else []
+    shape = static_shape(x) if x.ty.shape is not None else []
     if args[6] or (args[8] or 1) != 1 or len(shape) != 4 or str(x.ty.dtype) != "float32":
         return importer._convolution(node)
     stride, padding, dilation = (_pair(v if v is not None else d) for v, d in zip(args[3:6], (1, 0, 1)))
     batch, _, height, width = shape
-    out_channels, _, kh, kw = _shape(w)
+    out_channels, _, kh, kw = static_shape(w)
     oh, ow = conv_geometry(height, width, (kh, kw), stride, padding, dilation)
     bb = importer.block_builder
     nhwc = bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
@@ -44,12 +46,12 @@ def convert_conv2d(node, importer):
 
 
 def patches_matmul(x: te.Tensor, weight: te.Tensor, kernel, stride, padding, dilation) -> te.Tensor:
-    """im2col and the matmul in one kernel: cpu_schedules.Matmul computes each row tile's patches
+    """im2col and the matmul in one kernel: schedules/matmul.py computes each row tile's patches
     just before the tile, in L1, instead of all patches to memory first (9x the input for 3x3)."""
     cols = im2col(x, 0.0, kernel, stride, padding, dilation)
     k = te.reduce_axis((0, int(cols.shape[1])), name="k")
     return te.compute((cols.shape[0], weight.shape[1]), lambda i, j: te.sum(cols[i, k] * weight[k, j], axis=k),
-                      name="matmul")
+                      name="matmul", attrs=tags.attrs(tags.GEMM))
 
 
 CONVERTERS = {"convolution.default": convert_conv2d}

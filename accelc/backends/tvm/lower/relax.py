@@ -71,9 +71,10 @@ def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
     """
     from accelc.backends.tvm.lower import conv as conv_lower
     from accelc.backends.tvm.lower import repairs
-    from accelc.backends.tvm.lower.quant import CONVERTERS, merge_function
+    from accelc.backends.tvm.kernels import isa
+    from accelc.backends.tvm.lower.quant import converters, merge_function
     cpu = conv_lower.CONVERTERS if target.kind.name == "llvm" else {}  # convolutions as im2col + matmul
-    custom_convert_map = {**repairs.CONVERTERS, **CONVERTERS, **cpu,  # int8 ops: always known
+    custom_convert_map = {**repairs.CONVERTERS, **converters(isa.of(target)), **cpu,  # int8 ops: always known
                           **(custom_convert_map or {})}
     mod, params, first = tvm.IRModule(), None, None
     for batch, program in programs.items():
@@ -102,7 +103,7 @@ def compile_module(lowered: Lowered, target, database=None, cuda_archs=()):
     device_code, unaligned = contextlib.nullcontext(), None
     if target.kind.name == "llvm":
         from accelc.backends.tvm.input_alignment import UnalignedInputs
-        from accelc.backends.tvm.vector_math import install
+        from accelc.backends.tvm.schedules.vector_math import install
         install()  # vectorisable log/exp instead of one libm call per lane
         unaligned = UnalignedInputs()
     if target.kind.name == "cuda":

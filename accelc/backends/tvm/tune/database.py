@@ -17,26 +17,36 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 import tvm
 
-from accelc.errors import RecipeError, TuningError
+from accelc import logs
+from accelc.errors import TuningError
 
 FILES = ("workloads.json", "records.json")
 TARGET_FILE = "target.json"
+_LOG = logging.getLogger(__name__)
 
 
-DEFAULT_RULES = ("cpu_schedules.py", "quant_schedule.py")  # what a kernel without records is scheduled by
+DEFAULTS = ("schedules", "kernels", "intrin")  # backends/tvm folders: what schedules a kernel without records
 
 
 @functools.cache
 def defaults_digest() -> str:
+    return digest_of(Path(__file__).resolve().parents[1])
+
+
+def digest_of(root: Path) -> str:
+    """A hash of every source file under DEFAULTS in `root` (backends/tvm), path and contents: a new
+    rule, table row or intrinsic, or a change to one, starts a new database."""
     digest = hashlib.sha256()
-    for name in DEFAULT_RULES:
-        digest.update((Path(__file__).resolve().parents[1] / name).read_bytes())
+    for folder in DEFAULTS:
+        for path in sorted((root / folder).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
@@ -56,11 +66,11 @@ def check_root(root: Path, where: str | None = None) -> None:
         if not os.access(root, os.W_OK):
             raise PermissionError(13, "permission denied", str(root))
     except OSError as exc:
-        raise RecipeError(f"tuning database {root} is not writable: {exc.strerror or exc}", code="E601",
+        raise TuningError(f"tuning database {root} is not writable: {exc.strerror or exc}", code="E618",
                           location=where, field="tuning.database") from None
 
 
-def open_database(root: Path, target, where: str | None = None, log=print):
+def open_database(root: Path, target, where: str | None = None, logger: logs.Logger | None = None):
     """The JSON database for this target, created if absent; unwritable, corrupt or foreign
     folders are refused with a coded error and left as they are."""
     folder = folder_for(root, target)
@@ -72,25 +82,25 @@ def open_database(root: Path, target, where: str | None = None, log=print):
                               json.dumps({"target": str(target), "tvm": tvm.__version__,
                                           "default_schedules": defaults_digest()}) + "\n")
         for name in FILES:
-            _set_aside_torn_line(folder / name, log)
+            _set_aside_torn_line(folder / name, logger or _LOG)
         for name in FILES:  # records are appended during tuning: find out now, not after an hour
             path = folder / name
             if path.exists() and not os.access(path, os.W_OK) or not os.access(folder, os.W_OK):
                 raise PermissionError(13, "permission denied", str(path))
     except OSError as exc:
-        raise RecipeError(f"tuning database {folder} is not writable: {exc.strerror or exc}", code="E601",
+        raise TuningError(f"tuning database {folder} is not writable: {exc.strerror or exc}", code="E618",
                           location=where, field="tuning.database") from None
     return _load(folder, where)
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """A killed writer leaves the old file or none, never an empty target.json (E602 next time)."""
+    """A killed writer leaves the old file or none, never an empty target.json (E619 next time)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def _set_aside_torn_line(path: Path, log) -> None:
+def _set_aside_torn_line(path: Path, log: logs.Logger) -> None:
     """Cut an unterminated last line (a tuner killed mid-append) off `path` into `path.torn-<ns>`."""
     if not path.is_file() or path.stat().st_size == 0:
         return
@@ -105,8 +115,8 @@ def _set_aside_torn_line(path: Path, log) -> None:
         side.write_bytes(data[keep:])  # first: a kill between the two steps loses nothing
         handle.truncate(keep)
     lines = data.count(b"\n")
-    log(f"  tuning database: {path.name} ended in a torn line (a tuner killed mid-write); kept its {lines} "
-        f"complete line(s) and moved the {len(data) - keep}-byte fragment to {side.name}")
+    log.warning(f"  tuning database: {path.name} ended in a torn line (a tuner killed mid-write); kept its "
+                f"{lines} complete line(s) and moved the {len(data) - keep}-byte fragment to {side.name}")
 
 
 def _load(folder: Path, where: str | None):
@@ -114,8 +124,8 @@ def _load(folder: Path, where: str | None):
     try:
         return ms.database.JSONDatabase(str(folder / FILES[0]), str(folder / FILES[1]), allow_missing=True)
     except (RuntimeError, ValueError) as exc:  # the JSON reader raises plain RuntimeError
-        raise RecipeError(f"tuning database {folder} is corrupt ({str(exc).splitlines()[-1][:200]}); "
-                          "it was left untouched", code="E602", location=where, field="tuning.database",
+        raise TuningError(f"tuning database {folder} is corrupt ({str(exc).splitlines()[-1][:200]}); "
+                          "it was left untouched", code="E619", location=where, field="tuning.database",
                           hint="move it aside (or fix the named line) and tune again") from None
 
 
@@ -127,11 +137,11 @@ def _check_target_file(folder: Path, target, where: str | None) -> None:
     try:
         recorded = tvm.target.Target(json.loads(path.read_text())["target"])
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise RecipeError(f"tuning database {folder} has an unreadable {TARGET_FILE} ({exc}); it was left "
-                          "untouched", code="E602", location=where, field="tuning.database") from None
+        raise TuningError(f"tuning database {folder} has an unreadable {TARGET_FILE} ({exc}); it was left "
+                          "untouched", code="E619", location=where, field="tuning.database") from None
     if database_key(recorded) != database_key(target):
-        raise RecipeError(f"tuning database folder {folder} holds records for another target ({recorded}); "
-                          "refusing to mix them", code="E603", location=where, field="tuning.database",
+        raise TuningError(f"tuning database folder {folder} holds records for another target ({recorded}); "
+                          "refusing to mix them", code="E620", location=where, field="tuning.database",
                           hint="folders are named by target; do not rename or copy them by hand")
 
 
@@ -152,7 +162,7 @@ def best_seconds(record) -> float:
     return sum(secs) / len(secs)
 
 
-def merge(sources: list[Path], dest: Path, log=print) -> dict:
+def merge(sources: list[Path], dest: Path, logger: logs.Logger | None = None) -> dict:
     """Add every record of `sources` to `dest`, per target folder, without duplicates. All inputs
     are read and checked before anything is written."""
     from tvm.s_tir import meta_schedule as ms
@@ -167,7 +177,7 @@ def merge(sources: list[Path], dest: Path, log=print) -> dict:
             groups.setdefault(folder.name, []).append((target, _load(folder, None)))
     added = {}
     for key, databases in groups.items():
-        out = open_database(dest, databases[0][0], log=log)
+        out = open_database(dest, databases[0][0], logger=logger)
         seen = {_identity(r) for r in out.get_all_tuning_records()}
         count = 0
         for _, database in databases:
@@ -180,8 +190,8 @@ def merge(sources: list[Path], dest: Path, log=print) -> dict:
                     record.args_info))
                 count += 1
         added[key] = count
-        log(f"  {key} ({databases[0][0].attrs.get('mcpu', databases[0][0].kind.name)}): {count} new record(s) "
-            f"from {len(databases)} database(s), {len(out)} in all")
+        (logger or _LOG).info(f"  {key} ({databases[0][0].attrs.get('mcpu', databases[0][0].kind.name)}): "
+                              f"{count} new record(s) from {len(databases)} database(s), {len(out)} in all")
     return {"destination": str(dest), "added": added}
 
 
@@ -195,7 +205,7 @@ def _folder_target(folder: Path):
     if database_key(target) != folder.name:
         raise TuningError(f"{folder} is named for another target, TVM version or set of default schedules "
                           f"than its {TARGET_FILE} and this accelc say ({target}, this TVM {tvm.__version__})",
-                          code="E603", hint="merge only databases written by this accelc and TVM version; "
+                          code="E620", hint="merge only databases written by this accelc and TVM version; "
                                             "never rename their folders")
     return target
 

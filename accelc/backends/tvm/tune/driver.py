@@ -6,6 +6,7 @@ runner (tune_rpc.py) measures on remote devices; tune_ms.py holds the MetaSchedu
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -14,12 +15,14 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.analysis import find_anchor_sblock
 
+from accelc import logs
 from accelc.errors import TuningError
 from accelc.backends.tvm.tune import database as tune_db
 from accelc.backends.tvm.tune import metaschedule as tune_ms
 from accelc.backends.tvm.tune import rpc as tune_rpc
 
 UNBOUNDED = 1_000_000  # MetaSchedule needs a number; a time budget stops it long before
+_LOG = logging.getLogger(__name__)
 
 
 def tuning_target(target, threads: int, where: str | None = None):
@@ -82,11 +85,13 @@ def _runner(section):
 
 
 def tune(mod: tvm.IRModule, target, root: Path, section, *, mode: str = "missing",
-         runs_here: tuple[bool, str] = (True, ""), where=lambda *_: None, log=print, workers: int = 2):
+         runs_here: tuple[bool, str] = (True, ""), where=lambda *_: None, logger: logs.Logger | None = None,
+         workers: int = 2):
     """Tune the module's kernels within `section`'s budgets (recipe TuningSection); returns
     (summary, database). `mode` says what records already in the database count for (see plan)."""
+    log = logger or _LOG
     tune_ms.cpu_intrinsics_only(target)
-    database = tune_db.open_database(root, target, where("tuning", "database"), log)
+    database = tune_db.open_database(root, target, where("tuning", "database"), logger=logger)
     runner_text = check_runner(section, runs_here, where)
     found = [t for t in ms.relax_integration.extract_tasks(tunable_module(mod, target), target)
              if not t.mod.attrs.get("tirx.is_scheduled", False)]  # MetaSchedule would skip these
@@ -99,10 +104,10 @@ def tune(mod: tvm.IRModule, target, root: Path, section, *, mode: str = "missing
     prior = [tune_db.schedules(tune_db.task_records(database, t.dispatched[0])) for t in tasks[:tunable]]
     caps, total = plan(prior, section.trials, section.per_task, mode) if prior else ([], 0)
     chosen = [i for i, cap in enumerate(caps) if cap != 0]
-    log(f"  tuning {len(chosen)} of {len(tasks)} kernel(s) ({tunable - len(chosen)} already have their records, "
-        f"{len(tasks) - tunable} elementwise keep the default schedule), "
-        f"{'no trial cap' if total >= UNBOUNDED else f'{total} trials'}"
-        f"{f', {section.time_budget:g} s' if section.time_budget else ''}; measuring on {runner_text}")
+    log.info(f"  tuning {len(chosen)} of {len(tasks)} kernel(s) ({tunable - len(chosen)} already have their records, "
+             f"{len(tasks) - tunable} elementwise keep the default schedule), "
+             f"{'no trial cap' if total >= UNBOUNDED else f'{total} trials'}"
+             f"{f', {section.time_budget:g} s' if section.time_budget else ''}; measuring on {runner_text}")
     progress = tune_ms.Progress([names[i] for i in chosen], section.time_budget, log)
     if chosen and total > 0:
         runner = _runner(section)

@@ -12,6 +12,8 @@ import tvm_ffi
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
+from accelc import logs
+
 
 def build_without_intrinsics(mod, target, _params):
     """MetaSchedule's default f_build imports tvm.s_tir.tensor_intrin (~30 s per fresh worker here)
@@ -56,7 +58,7 @@ def _importable_in_workers():
 class Progress:
     """What the search measured so far, and the time budget; one log line per measured batch."""
 
-    def __init__(self, names: list[str], seconds: float | None, log):
+    def __init__(self, names: list[str], seconds: float | None, log: logs.Logger):
         self.names, self.log, self.start = names, log, time.monotonic()
         self.deadline = self.start + seconds if seconds else None
         self.trials, self.best = [0] * len(names), [None] * len(names)
@@ -81,8 +83,9 @@ class Progress:
         best = self.best[task_id]
         shown = f"best {best * 1e6:.2f} us" if best is not None else "no valid candidate yet"
         failed = f", {self.failed} failed" if self.failed else ""
-        self.log(f"  tuning: {done}/{len(self.names)} kernels done, {sum(self.trials)} trials{failed}, "
-                 f"{time.monotonic() - self.start:.0f} s | {self.names[task_id]}: {shown} after {self.trials[task_id]}")
+        self.log.info(f"  tuning: {done}/{len(self.names)} kernels done, {sum(self.trials)} trials{failed}, "
+                      f"{time.monotonic() - self.start:.0f} s | {self.names[task_id]}: {shown} after "
+                      f"{self.trials[task_id]}", extra=logs.TICK)
 
 
 @derived_object
@@ -103,16 +106,11 @@ def default_candidate(mod, target):
     a measure candidate. Measured with the first batch it lands in the database like any candidate:
     the build then never applies a tuned schedule slower than the default, and the search can start
     from it."""
-    from tvm.s_tir import Schedule
-
-    from accelc.backends.tvm.pipeline import cpu_pipeline
-    rules = next((p.rules for p in cpu_pipeline(target) if p.info.name == "ApplyDefaultSchedule"), [])
-    for rule in rules:  # as dlight's ApplyDefaultSchedule: the first rule that applies
-        space = rule.apply(mod["main"], target, False)
-        if space is not None:
-            schedule = space if isinstance(space, Schedule) else space[0]
-            return ms.search_strategy.MeasureCandidate(schedule, ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
-    return None
+    from accelc.backends.tvm.schedules import choose
+    chosen = choose(mod["main"], target)
+    if chosen is None:
+        return None
+    return ms.search_strategy.MeasureCandidate(chosen[1], ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
 
 
 @derived_object
@@ -241,7 +239,7 @@ def _device_type(target) -> str:
     return "cpu" if target.kind.name == "llvm" else target.kind.name
 
 
-def confirm(tasks: list, runner, database, log) -> int:
+def confirm(tasks: list, runner, database, log: logs.Logger) -> int:
     """Re-measure each kernel's default schedule and its best record side by side, and record the
     fastest time of each. A busy machine only ever makes a measurement slower, so the search's
     winner can be a candidate measured in a quiet moment against a default measured in a busy one
@@ -262,8 +260,8 @@ def confirm(tasks: list, runner, database, log) -> int:
                            candidates[0].sch.trace) for task, candidates in kernels)
     failed = len(inputs) - sum(secs is not None for secs in fastest)
     failures = f" ({failed} candidate(s) failed to build or run)" if failed else ""
-    log(f"  tuning: {len(kernels)} kernel(s) confirmed by {CONFIRM_ROUNDS} alternate measurements of their default "
-        f"and best schedules; {kept} keep the default{failures}")
+    log.info(f"  tuning: {len(kernels)} kernel(s) confirmed by {CONFIRM_ROUNDS} alternate measurements of their "
+             f"default and best schedules; {kept} keep the default{failures}")
     return kept
 
 

@@ -1,0 +1,128 @@
+"""Float GEMM (tags.GEMM): C[i, j] = sum_k A[i, k] * B[k, j] with its elementwise epilogue (bias,
+activation), a convolution's patches (tags.IM2COL) before it when the lowering fused them.
+
+TVM 0.27's CPU DLight rules cover GEMV and reductions but not matrix multiply, and the naive loop
+nest runs ~20x slower than PyTorch on an MLP. This rule gives every dense matmul a register-tiled,
+vectorised, multi-threaded schedule: the classic CPU GEMM blocking, with no search.
+"""
+from __future__ import annotations
+
+import math
+
+from tvm import tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+
+from accelc.backends.tvm.kernels import isa as isa_info
+from accelc.backends.tvm.kernels import tags
+from accelc.backends.tvm.schedules.loops import (PARALLEL_MIN, TILE_SCOPE, flat, largest_divisor,
+                                                 patches_per_tile, static_extent, vector_width)
+from accelc.backends.tvm.schedules.rule import block_tags, root_blocks
+
+ROWS = 4  # register tile: ROWS x 2 vectors of accumulators (4 x 16 floats = 8 of AVX2's 16 registers);
+# doubled with AVX-512's 32 registers: 16 accumulators hide the FMA latency
+MATVEC_ROWS = 8  # rows of a one-column matmul computed together (4 and 8 alike, 16 slower)
+K_STEPS = 8  # k steps per iteration of the reduction loop (the largest divisor of k up to this): one
+# step is 8 FMAs and 6 loads, so a loop counter and branch per step cost a share of instructions that
+# a core shared with a busy SMT sibling cannot hide
+
+
+class Matmul(CPUScheduleRule):
+    """C[i, j] = sum_k A[i, k] * B[k, j], followed by elementwise blocks (bias, activation)."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if (found := root_blocks(self, func, target)) is None:
+            return None
+        sch, blocks = found
+        tagged = block_tags(sch, blocks)
+        patches = None
+        if tagged[:1] == [tags.IM2COL] and len(blocks) > 1:  # a convolution (lower/conv.patches_matmul)
+            patches, blocks, tagged = blocks[0], blocks[1:], tagged[1:]
+        if tagged[:1] != [tags.GEMM]:
+            return None
+        matmul = blocks[0]
+        loops = sch.get_loops(matmul)
+        kinds = [iv.iter_type for iv in sch.get(matmul).iter_vars]
+        if len(loops) < 3 or kinds[-1] != tirx.IterVar.CommReduce or any(k != tirx.IterVar.DataPar for k in kinds[:-1]):
+            return None
+        extents = [static_extent(sch, loop) for loop in loops]
+        if None in extents:
+            return None  # symbolic shapes: leave to the defaults
+        isa = isa_info.of(target)
+        if extents[-2] == 1 and (vector := vector_width(extents[-1], isa.lanes())):
+            return _matvec(sch, blocks, extents, vector)
+        return _tiled(sch, blocks, patches, extents, isa)
+
+
+def _tiled(sch, blocks, patches, extents: list[int], isa: isa_info.Isa):
+    """A register tile of rows x 2 vectors, k in steps of K_STEPS, the epilogue applied as the tile
+    is stored and a convolution's patches computed per row tile."""
+    matmul = blocks[0]
+    *batch, i, j, k = sch.get_loops(matmul)
+    lanes = isa.lanes()
+    rows, cols = min(ROWS * (2 if isa.avx512f else 1), extents[-3]), min(2 * lanes, extents[-2])
+    io, ii = sch.split(i, [None, rows])
+    jo, ji = sch.split(j, [None, cols])
+    ko, ki = sch.split(k, [None, largest_divisor(extents[-1], K_STEPS)])
+    sch.reorder(*batch, io, jo, ko, ki, ii, ji)
+    for block in blocks[1:-1]:
+        sch.compute_inline(block)  # the epilogue becomes one elementwise pass
+    # Accumulate the tile in a small buffer of its own so LLVM keeps it in registers across k.
+    tile = sch.cache_write(matmul, 0, TILE_SCOPE)
+    sch.reverse_compute_at(tile, jo)
+    if len(blocks) > 1:
+        sch.reverse_compute_inline(blocks[-1])  # bias/activation applied as the tile is stored
+    if patches is not None:
+        patches_per_tile(sch, patches, io)
+    outer = sch.fuse(*batch, io) if batch else io
+    if (extents[-3] // rows) * max(1, len(batch)) >= 2:
+        sch.parallel(outer)
+    sch.vectorize(ji)
+    sch.unroll(ii)
+    sch.unroll(ki)
+    tile_loops = sch.get_loops(tile)[-2:]
+    sch.vectorize(tile_loops[-1])
+    sch.decompose_reduction(matmul, ko)
+    return sch
+
+
+def _matvec(sch, blocks, extents: list[int], lanes: int):
+    """One output column (a classifier head): a tile of one column would run scalar, so each row's
+    dot product is summed in vector lanes across k, the lanes added at the end, and the
+    epilogue (bias, sigmoid) vectorised across rows.
+
+    When the row count allows, rows go in groups of one vector (MATVEC_ROWS): a group's lane sums,
+    totals and epilogue run back to back while they are in registers and L1, instead of three
+    passes over all rows."""
+    matmul = blocks[0]
+    for block in blocks[1:-1]:
+        sch.compute_inline(block)
+    *outer, k = sch.get_loops(matmul)
+    ko, ki = sch.split(k, [None, lanes])
+    partial = sch.rfactor(ki, len(outer))
+    group = vector_width(math.prod(extents[:-1]), MATVEC_ROWS)  # 8 rows, else 4
+    vector = group and vector_width(group, lanes)
+    if vector:
+        rows = sch.get_loops(matmul)[:-1]
+        groups, _ = sch.split(sch.fuse(*rows) if len(rows) > 1 else rows[0], [None, group])
+        sch.compute_at(partial, groups)
+        ki, *rows, ko = sch.get_loops(partial)[1:]  # compute_at orders loops as the block's iterators
+        sch.reorder(*rows, ko, ki)
+    else:
+        *rows, ko, ki = sch.get_loops(partial)
+        groups = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+    sch.vectorize(ki)
+    if extents[-1] // lanes <= 16:
+        sch.unroll(ko)
+    sch.unroll(sch.get_loops(matmul)[-1])  # adding up the lanes
+    if len(blocks) > 1 and vector:
+        sch.reverse_compute_at(blocks[-1], groups)
+        epilogue = sch.get_loops(blocks[-1])[1:]
+        fused = sch.fuse(*epilogue) if len(epilogue) > 1 else epilogue[0]
+        sch.vectorize(sch.split(fused, [None, vector])[1])
+    elif len(blocks) > 1:
+        flat(sch, blocks[-1], lanes)
+    if math.prod(extents) >= PARALLEL_MIN and int(sch.get(groups).extent) >= 2:
+        sch.parallel(groups)
+    sch.decompose_reduction(partial, ko)  # after parallel: TVM refuses a loop over an init block
+    return sch
