@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import textwrap
+from types import SimpleNamespace
+from typing import Literal
 
 import pytest
 
 from accelc.config import recipe
 from accelc.config import targets
+from accelc.passes.configs.base import PassConfig
 from accelc.errors import TargetError, ToolchainError
 from tests.fixtures.helpers import TINY_RECIPE, assert_cli_user_error, at, cli, make_repo, write_recipe
 
@@ -120,6 +123,83 @@ def test_missing_cross_compiler_is_a_toolchain_error(tmp_path):
     with pytest.raises(ToolchainError) as info:
         targets.resolve("lab", tmp_path).check_toolchain()
     assert info.value.code == "E501" and info.value.problems[0].hint == "apt-get install g++-xyz"
+
+
+# ---- what a target asks of the passes: dtypes and the int8 policy --------------------------------
+
+def test_every_target_with_int8_states_its_int8_policy():
+    found = targets.load_all()
+    for target in found.values():
+        assert ("int8" in target.dtypes) == (target.int8 is not None), target.name
+    # AVX2's pair multiply saturates at 16 bits: 7-bit activations; VNNI sums in int32: 8 bits
+    assert found["x86"].int8.activation_bits == 7 and found["x86-avx512"].int8.activation_bits == 7
+    assert found["x86-avx512-vnni"].int8.activation_bits == 8
+    assert {t.int8.min_outputs for t in found.values() if t.int8} == {8}  # the old fixed default, everywhere
+
+
+def test_int8_policy_never_asks_more_bits_than_the_kernel_is_exact_for():
+    """The target file is the contract between the quantize pass and the backend's kernel table."""
+    from accelc.backends.tvm.kernels import microkernels
+    for target in targets.load_all().values():
+        if target.int8 is not None:
+            assert target.int8.activation_bits <= microkernels.activation_bits(target.tvm_target()), target.name
+
+
+def test_malformed_int8_policy_is_located(tmp_path):
+    (tmp_path / "targets").mkdir()
+    path = tmp_path / "targets" / "lab.yaml"
+    text = LOCAL_TARGET + "int8: {activation_bits: 6, min_outputs: 8, reason: lab kernel}\n"
+    path.write_text(text)
+    with pytest.raises(TargetError) as info:
+        targets.load_all(tmp_path)
+    problem = info.value.problems[0]
+    assert (problem.code, problem.field, problem.location) == ("E201", "int8.activation_bits", at(path, text, "6,"))
+
+
+class NeedsFloat64(PassConfig):
+    """A pass config that says what it needs; `dtype` is a setting of its own, not a requirement."""
+
+    kind: Literal["probe"] = "probe"
+    dtype: str = "bfloat16"
+
+    def required_dtypes(self) -> tuple[str, ...]:
+        return ("float64",)
+
+
+def test_check_compatible_asks_each_pass_config_for_its_dtypes():
+    recipe_like = SimpleNamespace(model=SimpleNamespace(inputs=[]), passes=[NeedsFloat64()])
+    with pytest.raises(TargetError) as info:
+        targets.check_compatible(targets.resolve("aarch64"), recipe_like, lambda *path: f"at {path}")
+    assert [(p.code, p.field, p.location) for p in info.value.problems] == [("E202", "passes.0", "at ('passes', 0)")]
+    assert "pass 'probe' needs float64" in info.value.problems[0].message  # not its `dtype` field's bfloat16
+
+
+@pytest.mark.parametrize("target, passes, field", [
+    ("aarch64", "[{kind: quantize, dtype: bfloat16}]", "passes.0"),  # no bfloat16 on Arm
+    ("x86", "[{kind: simplify}, {kind: quantize, mode: static, reduce_range: false}]", "passes.1.reduce_range"),
+    ("x86-avx512", "[{kind: quantize, mode: dynamic, reduce_range: false}]", "passes.0.reduce_range"),
+])
+def test_pass_the_target_cannot_honour_is_located(tmp_path, target, passes, field):
+    text = TINY_RECIPE + f"passes: {passes}\n"
+    loaded = recipe.load(write_recipe(tmp_path, text))
+    with pytest.raises(TargetError) as info:
+        targets.check_compatible(targets.resolve(target), loaded.recipe, loaded.where)
+    [problem] = info.value.problems
+    assert (problem.code, problem.field) == ("E202", field)
+    needle = "false" if field.endswith("reduce_range") else "{kind: quantize"
+    assert problem.location == at(loaded.path, text, needle)
+
+
+@pytest.mark.parametrize("target, passes", [
+    ("x86-avx512-vnni", "[{kind: quantize, mode: static, reduce_range: false}]"),  # VNNI: 8 bits are exact
+    ("aarch64", "[{kind: quantize, mode: dynamic, reduce_range: false}]"),  # int32 kernel: 8 bits are exact
+    ("x86", "[{kind: quantize, mode: static, reduce_range: true}]"),  # 7 bits run everywhere
+    ("x86", "[{kind: quantize, mode: weight_only, reduce_range: false}]"),  # float activations: no bits
+    ("x86", "[{kind: quantize, mode: dynamic}]"),  # auto: the target's own policy
+])
+def test_passes_the_target_can_honour(tmp_path, target, passes):
+    loaded = recipe.load(write_recipe(tmp_path, TINY_RECIPE + f"passes: {passes}\n"))
+    targets.check_compatible(targets.resolve(target), loaded.recipe, loaded.where)
 
 
 # ---- the same cases through the command line ------------------------------------------------

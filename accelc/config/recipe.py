@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from accelc.config import yamlio
 from accelc.errors import Problem, RecipeError, did_you_mean
-from accelc.passes import PASS_CONFIGS
+from accelc.passes.registry import PASS_CONFIGS
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
 MAX_ELEMENTS = 1 << 28  # per input at the largest batch: 1 GiB of float32
@@ -341,15 +341,13 @@ def _unwrap(annotation) -> list:
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The model class that holds the mapping at `loc` (pass configs chosen by kind)."""
     model: type[BaseModel] | None = Recipe
-    for part in loc:
-        if model is None or isinstance(part, int):
-            continue
-        if part in PASS_CONFIGS and model is Recipe:
+    for depth, part in enumerate(loc):
+        if depth == 2 and loc[0] == "passes" and part in PASS_CONFIGS:  # the tag after passes[i]
             model = PASS_CONFIGS[part]
-            continue
-        info = model.model_fields.get(part)
-        candidates = _unwrap(info.annotation) if info else []
-        model = candidates[0] if len(candidates) == 1 else None
+        elif model is not None and not isinstance(part, int):
+            info = model.model_fields.get(part)
+            candidates = _unwrap(info.annotation) if info else []
+            model = candidates[0] if len(candidates) == 1 else None
     return model
 
 

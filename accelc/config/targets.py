@@ -14,6 +14,19 @@ from accelc.errors import Problem, RecipeError, TargetError, ToolchainError, did
 PACKAGED_TARGETS = Path(__file__).resolve().parents[2] / "targets"
 
 
+class Int8Policy(BaseModel):
+    """How the target's int8 kernels want quantized layers: what the quantize pass's `auto` means here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    activation_bits: Literal[7, 8] = Field(description="Bits of the uint8 activations the target's int8 kernel "
+                                           "is exact with: 7 (0..127) where products are summed in a saturating "
+                                           "16-bit step, 8 where they are not. Also the most a recipe may ask for.")
+    min_outputs: int = Field(ge=1, le=1 << 20, description="Layers with fewer output channels stay float32: "
+                             "there int8 has no register tile to spread its requantize over.")
+    reason: str = Field(description="Why, in one line: the quantization report quotes it.")
+
+
 class Target(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -33,6 +46,8 @@ class Target(BaseModel):
     emulator_package: str | None = Field(None, description="Debian package that provides the emulator.")
     cuda_archs: list[Annotated[str, Field(pattern=r"^sm_\d+[af]?$")]] = Field(
         default_factory=list, description="GPU architectures (sm_XX) whose machine code is embedded.")
+    int8: Int8Policy | None = Field(None, description="Policy of the target's int8 kernels (the quantize "
+                                    "pass's `auto` settings); absent: accelc's default (7-bit activations).")
     _source: str | None = PrivateAttr(None)  # file:line:col of the `tvm` entry, for errors
 
     def tvm_target(self):
@@ -128,9 +143,18 @@ def check_compatible(target: Target, recipe, where) -> None:
                                     where("model", "inputs", i, "dtype"), f"model.inputs.{i}.dtype",
                                     "supported: " + ", ".join(target.dtypes)))
     for i, config in enumerate(recipe.passes):
-        dtype = getattr(config, "dtype", None)
-        if dtype and dtype not in target.dtypes:
-            problems.append(Problem("E202", f"pass '{config.kind}' needs {dtype}, which target "
-                                    f"'{target.name}' does not support", where("passes", i), f"passes.{i}"))
+        problems += pass_problems(target, config, i, where)
     if problems:
         raise TargetError(problems=problems)
+
+
+def pass_problems(target: Target, config, index: int, where) -> list[Problem]:
+    """What pass `index` of a recipe asks of `target` that it cannot give: a dtype, or an explicit
+    setting its policy rules out (each pass config answers for itself)."""
+    problems = [Problem("E202", f"pass '{config.kind}' needs {dtype}, which target '{target.name}' does not "
+                        f"support", where("passes", index), f"passes.{index}")
+                for dtype in config.required_dtypes() if dtype not in target.dtypes]
+    for mismatch in config.target_problems(target):
+        problems.append(Problem("E202", mismatch.message, where("passes", index, mismatch.field),
+                                f"passes.{index}.{mismatch.field}", mismatch.hint))
+    return problems

@@ -1,25 +1,25 @@
-"""Pass interface: a pydantic config registered by `kind`, a rewrite of an fx.GraphModule
-that returns PassResult(graph, changed, stats), and a runner that records what each did."""
+"""Pass interface: a rewrite of an fx.GraphModule configured by its pydantic config (registry.py
+maps kinds to both) that returns PassResult(graph, changed, stats), and a runner that records
+what each did."""
 from __future__ import annotations
 
 import copy
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
-
+from accelc import logs
+from accelc.capture.export import node_location
 from accelc.errors import AccelcError, PassError, Problem, did_you_mean
 from accelc.passes import stats
+from accelc.passes.configs.base import PassConfig
+from accelc.passes.registry import implementation
 
-PASSES: dict[str, type["Pass"]] = {}
-PASS_CONFIGS: dict[str, type[BaseModel]] = {}
-
-
-class PassConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+if TYPE_CHECKING:
+    from accelc.config.targets import Target
 
 
 @dataclass
@@ -31,15 +31,19 @@ class PassResult:
 
 @dataclass
 class PassContext:
-    """What a pass may need beyond the graph: example inputs, the recipe, data sources."""
+    """What a pass may need beyond the graph: example inputs, the recipe, data sources, the target."""
 
     example_inputs: tuple = ()
     loaded: Any = None  # LoadedRecipe, for passes that read data (fine-tune, calibration)
-    log: Any = print
+    logger: logs.Logger | None = None  # the build's; None: each pass module's own logger
+    target: Target | None = None  # the resolved target: its policies (int8) decide a pass's `auto` settings
+
+    def logger_or(self, default: logging.Logger) -> logs.Logger:
+        """Where a pass reports: the build's logger if it gave one, else the pass module's."""
+        return self.logger or default
 
 
 class Pass:
-    kind: ClassVar[str]
     Config: ClassVar[type[PassConfig]]
 
     def __init__(self, config: PassConfig):
@@ -47,13 +51,6 @@ class Pass:
 
     def run(self, gm, ctx: PassContext) -> PassResult:  # pragma: no cover - interface
         raise NotImplementedError
-
-
-def register(cls: type[Pass]) -> type[Pass]:
-    """Class decorator: make a pass available to recipes under its kind."""
-    PASSES[cls.kind] = cls
-    PASS_CONFIGS[cls.kind] = cls.Config
-    return cls
 
 
 def graph_stats(gm, example_inputs=()) -> dict:
@@ -71,7 +68,7 @@ def run_passes(gm, configs: list, ctx: PassContext):
     reports, history = [], []
     graph, after = gm, None
     for index, config in enumerate(configs):
-        pass_ = PASSES[config.kind](config)
+        pass_ = implementation(config.kind)(config)
         before = after or graph_stats(graph, ctx.example_inputs)
         start = time.perf_counter()
         try:
@@ -97,7 +94,6 @@ def run_passes(gm, configs: list, ctx: PassContext):
 
 def fail(message: str, *, node=None, hint: str | None = None):
     """Raise a PassError naming the node and its source line."""
-    from accelc.capture.export import node_location
     raise PassError(message, location=node_location(node) if node is not None else None, hint=hint)
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
+from accelc.capture.export import module_path
+
 aten = torch.ops.aten
 LINEAR = aten.linear.default
 CONVS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default}
@@ -91,7 +93,6 @@ class Group:
 
 def layer_name(node: fx.Node) -> str:
     """The module path users write globs against ('layer1.conv1.0'), else the node name."""
-    from accelc.capture.export import module_path  # capture -> recipe -> passes: import late
     return module_path(node) or node.name
 
 

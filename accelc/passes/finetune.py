@@ -11,40 +11,24 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import fx
 
+from accelc.capture.export import import_entrypoint
 from accelc.errors import PassError
-from accelc.passes.base import PassConfig
+from accelc.passes.configs.finetune import FinetuneConfig
 from accelc.passes.fold import fetch
 
+__all__ = ["FinetuneConfig", "finetune", "trainable"]
 aten = torch.ops.aten
-ENTRYPOINT = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 ASSUMES = ("trained in eval mode (BatchNorm running statistics, no dropout); only Linear/Conv weights and "
            "biases and norm affine parameters are updated")
 # op -> argument positions that hold trainable parameters
 TRAINABLE_ARGS = {aten.linear.default: (1, 2), aten.conv1d.default: (1, 2), aten.conv2d.default: (1, 2),
                   aten.conv3d.default: (1, 2), aten.batch_norm.default: (1, 2), aten.layer_norm.default: (2, 3),
                   aten.embedding.default: (0,)}
-
-
-class FinetuneConfig(PassConfig):
-    steps: int = Field(ge=1, le=1_000_000, description="Optimizer steps; each sums the gradients of "
-                       "`accumulate` micro-batches.")
-    lr: float = Field(1e-3, gt=0, le=1, allow_inf_nan=False, description="Adam learning rate.")
-    accumulate: int = Field(1, ge=1, le=1024, description="Micro-batches per optimizer step (gradient "
-                            "accumulation: effective batch = accumulate x batch_size).")
-    batch_size: int = Field(64, ge=1, le=65536, description="Examples per micro-batch.")
-    loss: Literal["auto", "bce", "cross_entropy", "mse"] = Field(
-        "auto", description="auto: BCE for one output column, cross-entropy for several (integer labels).")
-    data: str | None = Field(None, pattern=ENTRYPOINT, description="Callable returning (inputs, labels) to "
-                             "train on; default: the recipe's data.train source.")
-    seed: int = Field(0, ge=0, description="Seed for the order of the training examples.")
 
 
 def trainable(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
@@ -62,7 +46,6 @@ def trainable(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
 
 def resolve_source(config: FinetuneConfig, loaded):
     """(callable, name) of the training data, or (None, why not)."""
-    from accelc.capture.export import import_entrypoint
     spec = config.data or (getattr(loaded.recipe.data, "train", None) if loaded is not None else None)
     if not spec:
         return None, "no training data: give finetune.data or the recipe's data.train"

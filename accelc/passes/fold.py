@@ -5,12 +5,10 @@ y = gamma * (W x + b - mean) / sqrt(var + eps) + beta
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
-from accelc.passes.base import Pass, PassConfig, PassContext, PassResult, register
+from accelc.passes.base import Pass, PassContext, PassResult
+from accelc.passes.configs.fold import FoldBatchNormConfig
 
 aten = torch.ops.aten
 PRODUCERS = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.linear.default}
@@ -69,13 +67,8 @@ def is_attr(arg) -> bool:
     return isinstance(arg, torch.fx.Node) and arg.op == "get_attr"
 
 
-@register
 class FoldBatchNorm(Pass):
-    kind = "fold_batchnorm"
-
-    class Config(PassConfig):
-        kind: Literal["fold_batchnorm"] = Field(description="Fold eval-mode BatchNorm into the "
-                                                "preceding Conv/Linear.")
+    Config = FoldBatchNormConfig
 
     def run(self, gm, ctx: PassContext) -> PassResult:
         folded, replaced = [], set()

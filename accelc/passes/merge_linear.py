@@ -5,14 +5,12 @@ a low-rank bottleneck (i -> m -> o with m small) is cheaper as two layers and is
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 from torch import fx
 
-from accelc.passes.base import Pass, PassConfig, PassContext, PassResult, register
+from accelc.passes.base import Pass, PassContext, PassResult
 from accelc.passes.channel_groups import layer_name
+from accelc.passes.configs.merge_linear import MergeLinearConfig
 from accelc.passes.fold import attach, drop_unused, fetch
 
 aten = torch.ops.aten
@@ -27,13 +25,8 @@ IDENTITIES = {
 }
 
 
-@register
 class MergeLinear(Pass):
-    kind = "merge_linear"
-
-    class Config(PassConfig):
-        kind: Literal["merge_linear"] = Field(description="Merge consecutive Linear layers with nothing "
-                                              "non-linear between them (when that does not add MACs).")
+    Config = MergeLinearConfig
 
     def run(self, gm, ctx: PassContext) -> PassResult:
         merged, skipped, replaced = [], [], set()

@@ -1,63 +1,31 @@
 """prune: structured (remove whole output channels, so every dependent tensor really shrinks)
 and unstructured magnitude pruning (zero weights; dense kernels gain nothing from it).
 
-Structured pruning works on channel groups from deps.py: coupled layers (residual adds) lose the
+Structured pruning works on channel groups from channel_groups.py: coupled layers (residual adds) lose the
 same channels, their consumers lose the matching input columns, BatchNorm statistics follow.
 A group the analysis cannot resolve is skipped with its reason in the report.
 """
 from __future__ import annotations
 
+import logging
 import math
-from fnmatch import fnmatch
-from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, model_validator
 
 from accelc.passes import stats
 from accelc.passes import channel_groups as deps
-from accelc.passes.base import Pass, PassConfig, PassContext, PassResult, glob_warnings, register
-from accelc.passes.finetune import FinetuneConfig, finetune
+from accelc.passes.base import Pass, PassContext, PassResult, glob_warnings
+from accelc.passes.configs.prune import PruneConfig
+from accelc.passes.finetune import finetune
 from accelc.passes.fold import attach, drop_unused, fetch
 
-Amount = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+__all__ = ["Prune", "PruneConfig", "structured", "magnitude"]
+_LOG = logging.getLogger(__name__)
 DENSE_NOTE = ("unstructured sparsity: the zeroed weights are still stored and multiplied by dense kernels, "
               "so the compiled model is neither smaller nor faster; params and MACs are unchanged")
 
 
-class PruneConfig(PassConfig):
-    kind: Literal["prune"] = Field(description="Remove channels (structured) or zero weights (magnitude).")
-    method: Literal["l1_structured", "l2_structured", "magnitude"] = Field(
-        description="l1/l2_structured: drop the output channels of Linear/Conv with the smallest L1/L2 weight "
-                    "norm, shrinking every dependent tensor; magnitude: zero the smallest weights (no speed-up).")
-    amount: Amount | None = Field(None, description="Fraction in [0, 1) of channels (structured) or weights "
-                                  "(magnitude) to remove from every layer no `layers` glob matches.")
-    layers: dict[str, Amount] = Field(default_factory=dict, description="{glob: amount} over module paths "
-                                      "(e.g. 'layer2.*'); the first matching glob wins over `amount`.")
-    skip: list[str] = Field(default_factory=list, description="Globs over module paths of layers never to "
-                            "prune; layers coupled with them are kept too.")
-    round_to: int = Field(1, ge=1, le=1024, description="Keep a multiple of this many channels per layer "
-                          "(e.g. 8 for the vector width); structured methods only.")
-    finetune: FinetuneConfig | None = Field(None, description="Fine-tune after pruning on the training data.")
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if self.amount is None and not self.layers:
-            raise ValueError("give 'amount' (for all layers) or 'layers' ({glob: amount})")
-        if self.method == "magnitude" and self.round_to != 1:
-            raise ValueError("round_to applies to the structured methods only")
-        return self
-
-    def amount_for(self, name: str) -> float | None:
-        """The fraction for a layer, or None when a skip glob matches it."""
-        if any(fnmatch(name, glob) for glob in self.skip):
-            return None
-        return next((a for glob, a in self.layers.items() if fnmatch(name, glob)), self.amount or 0.0)
-
-
-@register
 class Prune(Pass):
-    kind = "prune"
     Config = PruneConfig
 
     def run(self, gm, ctx: PassContext) -> PassResult:
@@ -95,17 +63,18 @@ class Prune(Pass):
 
 def _log(ctx: PassContext, report: dict) -> None:
     """One summary line, then the warnings, through the build's log."""
+    log = ctx.logger_or(_LOG)
     params, macs = report["params"], report["macs_per_sample"]
     done = sum(r["status"].startswith(("pruned", "sparsified")) for r in report["layers"])
-    ctx.log(f"  prune {report['method']}: {done}/{len(report['layers'])} layers changed; params "
+    log.info(f"  prune {report['method']}: {done}/{len(report['layers'])} layers changed; params "
             f"{params['before']} -> {params['after']}, MACs/sample {macs['before']} -> {macs['after']}")
     for line in report["warnings"]:
-        ctx.log(f"  warning: prune: {line}")
+        log.warning(f"  prune: {line}")
     if "note" in report:
-        ctx.log(f"  note: {report['note']}")
+        log.info(f"  note: {report['note']}")
     tuned = report.get("finetune")
     if tuned and tuned["status"] == "skipped":
-        ctx.log(f"  note: fine-tune skipped: {tuned['reason']}")
+        log.info(f"  note: fine-tune skipped: {tuned['reason']}")
 
 
 # ---- structured ----------------------------------------------------------------------------

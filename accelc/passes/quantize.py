@@ -10,112 +10,37 @@ task metric holds (quantize_fallback.py).
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from fnmatch import fnmatch
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_core import PydanticCustomError
 
-from accelc.errors import PassError
+from accelc.config import targets
+from accelc.errors import PassError, TargetError
 from accelc.passes import quantize_fallback as fallback_mod, quantize_observe as observe_mod, quantize_rewrite as rewrite
-from accelc.passes.base import Pass, PassConfig, PassContext, PassResult, glob_warnings, register
+from accelc.passes.base import Pass, PassContext, PassResult, glob_warnings
+from accelc.passes.configs.quantize import FallbackConfig, Int8Choice, QuantizeConfig
 from accelc.passes.fold import fetch
+from accelc.verify import gate_data as data
 
-ENTRYPOINT = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
-FLOAT_DTYPES = ("float16", "bfloat16")
-REDUCED_NOTE = ("activations use 7 bits (0..127) so that AVX2's u8 x s8 pair multiply (vpmaddubsw) cannot "
-                "saturate; PyTorch's fbgemm default does the same on CPUs without VNNI")
-
-
-def _located(message: str, field: str) -> PydanticCustomError:
-    """An error the recipe loader points at `field` of this pass (recipe.located_error)."""
-    return PydanticCustomError("located", message, {"at": (field,)})
+__all__ = ["Quantize", "QuantizeConfig", "FallbackConfig"]
+_LOG = logging.getLogger(__name__)
 
 
-class FallbackConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    max_drop: float | None = Field(None, ge=0, allow_inf_nan=False, description="Largest allowed worsening of "
-                                   "verify.metric on the validation data (default: verify.metric.max_drop).")
-    strategy: Literal["sensitivity"] = Field("sensitivity", description="sensitivity: move layers back to "
-                                             "float32 in order of their own SQNR, worst first, until the "
-                                             "budget holds.")
-
-
-class QuantizeConfig(PassConfig):
-    kind: Literal["quantize"] = Field(description="Quantize Linear/Conv layers to int8 (or cast them to half).")
-    mode: Literal["static", "dynamic", "weight_only"] | None = Field(
-        None, description="static: activation ranges calibrated on data.calibration; dynamic: activation scale "
-        "computed at run time inside the compiled graph; weight_only: int8 weights, float activations. "
-        "Default static for int8; not used by float16/bfloat16.")
-    dtype: Literal["int8", "float16", "bfloat16"] = Field(
-        "int8", description="int8: int8 x int8 -> int32 kernels; float16/bfloat16: cast-only half precision "
-        "(weights and layer compute in half; meant for CUDA targets).")
-    weights: Literal["per_channel", "per_tensor"] = Field(
-        "per_channel", description="Symmetric int8 weight scale per output channel or one per tensor.")
-    activations: Literal["per_tensor", "per_sample"] | None = Field(
-        None, description="Asymmetric activation scale: per_tensor (static default), or per_sample (dynamic "
-        "default: each row of a Linear's input and each image of a Conv's, so that a result never depends on "
-        "the other requests in its batch).")
-    calibration: Literal["minmax", "percentile", "entropy"] = Field(
-        "minmax", description="Static activation range: whole observed range, tails cut at `percentile`, or "
-        "the clipping with the least KL divergence (TensorRT's entropy calibration).")
-    percentile: float = Field(99.99, gt=50, le=100, allow_inf_nan=False,
-                              description="Percentile kept at each tail by calibration: percentile.")
-    samples: int = Field(512, ge=1, le=1_000_000, description="Calibration rows used (a seeded random subset).")
-    reduce_range: bool = Field(True, description="7-bit activations (0..127): required by the AVX2 int8 kernel "
-                               "(vpmaddubsw saturates otherwise); false uses 8 bits and a slower exact kernel.")
-    skip: list[str] = Field(default_factory=list, description="Globs over module paths of layers to keep float32.")
-    min_outputs: int = Field(8, ge=1, le=1 << 20, description="static/dynamic: layers with fewer output channels "
-                             "stay float32 (a one-column head runs as a matrix-vector product: its int8 requantize "
-                             "costs more than the dot products save, and its weights are tiny); 1 quantizes all.")
-    data: str | None = Field(None, pattern=ENTRYPOINT, description="Callable returning calibration inputs; "
-                             "default: the recipe's data.calibration.")
-    fallback: FallbackConfig | None = Field(None, description="Accuracy-aware fallback: revert the most "
-                                            "sensitive layers to float32 until verify.metric holds.")
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        half = self.dtype in FLOAT_DTYPES
-        if half and self.mode is not None:
-            raise _located(f"{self.dtype} is cast-only: leave 'mode' out", "mode")
-        if self.activations == "per_sample" and self.resolved_mode == "static":
-            raise _located("static activation scales are fixed at calibration: per_sample needs mode: dynamic",
-                           "activations")
-        if self.calibration != "minmax" and self.resolved_mode != "static":
-            raise _located("calibration applies to mode: static only", "calibration")
-        return self
-
-    @property
-    def resolved_mode(self) -> str:
-        return "cast" if self.dtype in FLOAT_DTYPES else self.mode or "static"
-
-    @property
-    def qrange(self) -> tuple[int, int]:
-        return (0, 127) if self.reduce_range else (0, 255)
-
-
-@register
 class Quantize(Pass):
-    kind = "quantize"
     Config = QuantizeConfig
 
     def run(self, gm, ctx: PassContext) -> PassResult:
         cfg, mode = self.config, self.config.resolved_mode
         index = _index(cfg, ctx.loaded)
         where = ctx.loaded.where("passes", index) if ctx.loaded is not None and index is not None else None
+        choice = _int8(cfg, ctx, index)
         found = rewrite.layers(gm, cfg.dtype)
         notes = glob_warnings({"skip": cfg.skip}, [layer.name for layer in found])
-        for layer in found:
-            if layer.problem is None and any(fnmatch(layer.name, glob) for glob in cfg.skip):
-                layer.problem = "kept float32 by quantize.skip"
-            elif layer.problem is None and mode in ("static", "dynamic") and layer.outputs < cfg.min_outputs:
-                layer.problem = (f"kept float32: {layer.outputs} output channel(s) run faster in float32 than as an "
-                                 f"int8 matrix-vector product (quantize.min_outputs: {cfg.min_outputs})")
-        chosen = [layer for layer in found if layer.problem is None]
+        chosen = _select(found, cfg, mode, choice)
         tensors, source = _samples(cfg, ctx, index, where, required=mode == "static" and bool(chosen))
-        ranges = self._calibrate(gm, chosen, tensors, ctx) if mode == "static" and chosen else {}
+        ranges = self._calibrate(gm, chosen, tensors, ctx, choice) if mode == "static" and chosen else {}
 
         def build(subset):
             """A copy of the float graph with only `subset` quantized."""
@@ -125,7 +50,7 @@ class Quantize(Pass):
             if mode == "cast":
                 done = rewrite.cast_half(graph, subset, cfg.dtype)
             else:
-                done = rewrite.Rewriter(graph, mode, cfg.weights == "per_channel", cfg.qrange,
+                done = rewrite.Rewriter(graph, mode, cfg.weights == "per_channel", choice.qrange,
                                         (cfg.activations or "per_sample") == "per_sample", ranges).run(subset)
             graph.meta["accelc_quantized"] = done
             return graph
@@ -136,20 +61,42 @@ class Quantize(Pass):
             field = f"passes.{index}.fallback" if index is not None else "fallback"
             at = ctx.loaded.where("passes", index, "fallback") if where else None
             result, chosen, fell_back = fallback_mod.fallback(cfg.fallback, ctx, gm, build, chosen, sqnr, at, field)
-        report = _report(cfg, mode, gm, result, found, chosen, sqnr, source, len(tensors[0]), notes)
+        report = _report(cfg, mode, gm, result, found, chosen, sqnr, source, len(tensors[0]), notes, choice)
         if fell_back:
             report["fallback"] = fell_back
         _log(ctx, report)
         return PassResult(result, bool(chosen), report)
 
-    def _calibrate(self, gm, chosen, tensors, ctx) -> dict:
+    def _calibrate(self, gm, chosen, tensors, ctx, choice: Int8Choice) -> dict:
         """{activation node name: (low, high)} for the inputs of the chosen layers."""
         nodes = {n.name: n for n in gm.graph.nodes}
         watched = list(dict.fromkeys(nodes[layer.node].args[0] for layer in chosen))
-        qmin, qmax = self.config.qrange
-        ranges = observe_mod.observe(gm, watched, tensors, self.config.calibration, ctx.log, self.config.percentile,
-                                     qmax - qmin + 1)
+        qmin, qmax = choice.qrange
+        ranges = observe_mod.observe(gm, watched, tensors, self.config.calibration, ctx.logger_or(_LOG),
+                                     self.config.percentile, qmax - qmin + 1)
         return {node.name: value for node, value in ranges.items()}
+
+
+def _int8(cfg: QuantizeConfig, ctx: PassContext, index: int | None) -> Int8Choice:
+    """The int8 settings on the context's target. An explicit one the target rules out is refused
+    here too when the pass runs outside a build (a build refuses it before any work starts)."""
+    if ctx.target is not None:
+        where = ctx.loaded.where if ctx.loaded is not None and index is not None else lambda *path: None
+        problems = targets.pass_problems(ctx.target, cfg, index or 0, where)
+        if problems:
+            raise TargetError(problems=problems)
+    return cfg.int8(ctx.target)
+
+
+def _select(found: list, cfg: QuantizeConfig, mode: str, choice: Int8Choice) -> list:
+    """The layers to quantize; every other one gets its reason."""
+    for layer in found:
+        if layer.problem is None and any(fnmatch(layer.name, glob) for glob in cfg.skip):
+            layer.problem = "kept float32 by quantize.skip"
+        elif layer.problem is None and mode in ("static", "dynamic") and layer.outputs < choice.min_outputs:
+            layer.problem = (f"kept float32: {layer.outputs} output channel(s) run faster in float32 than as an "
+                             f"int8 matrix-vector product (quantize.min_outputs: {choice.min_outputs})")
+    return [layer for layer in found if layer.problem is None]
 
 
 def _index(cfg, loaded) -> int | None:
@@ -172,7 +119,6 @@ def _samples(cfg, ctx, index, where, required: bool) -> tuple[list[torch.Tensor]
                         "inputs, or (inputs, labels)) to the recipe, or use mode: dynamic")
     loaded = ctx.loaded
     if loaded is not None and (loaded.recipe.data.validation or loaded.recipe.data.csv):
-        from accelc.verify import gate_data as data
         inputs, _ = data.validation_data(loaded)
         return [torch.from_numpy(a[:cfg.samples]) for a in inputs], "validation inputs"
     return list(ctx.example_inputs), "example inputs"
@@ -188,7 +134,7 @@ def _bytes(gm) -> int:
     return sum(seen.values())
 
 
-def _report(cfg, mode, before, after, found, chosen, sqnr, source, rows, notes) -> dict:
+def _report(cfg, mode, before, after, found, chosen, sqnr, source, rows, notes, choice: Int8Choice) -> dict:
     done = after.meta.get("accelc_quantized", {})
     kept = {layer.node for layer in chosen}
     dtype = cfg.dtype if mode != "weight_only" else "int8 weights"
@@ -215,7 +161,8 @@ def _report(cfg, mode, before, after, found, chosen, sqnr, source, rows, notes) 
     if mode in ("static", "dynamic"):
         report["activations"] = {"granularity": cfg.activations or ("per_tensor" if mode == "static" else
                                                                     "per_sample"),
-                                 "range": list(cfg.qrange), **({"note": REDUCED_NOTE} if cfg.reduce_range else {})}
+                                 "range": list(choice.qrange)}
+        report["int8_policy"] = choice.report()  # each setting's value and where it came from
     if mode == "static":
         report["calibration"] = {"method": cfg.calibration, **({"percentile": cfg.percentile}
                                                                if cfg.calibration == "percentile" else {})}
@@ -226,15 +173,20 @@ def _log(ctx: PassContext, report: dict) -> None:
     rows = report["layers"]
     quantized = [r for r in rows if r["dtype"] != "float32"]
     size = report["size"]
-    ctx.log(f"  quantize {report['mode']} {report['dtype']}: {len(quantized)}/{len(rows)} layers; tensors "
+    log = ctx.logger_or(_LOG)
+    log.info(f"  quantize {report['mode']} {report['dtype']}: {len(quantized)}/{len(rows)} layers; tensors "
             f"{size['float32_bytes']} -> {size['quantized_bytes']} bytes ({size['ratio']:g}x smaller)")
+    policy = report.get("int8_policy")
+    if policy:
+        log.debug(f"    int8: {policy['activation_bits']}-bit activations ({policy['source']['activation_bits']}), "
+                  f"min_outputs {policy['min_outputs']} ({policy['source']['min_outputs']})")
     for row in rows:
         sqnr = row.get("sqnr_db")
-        ctx.log(f"    {row['layer']:<32} {row['dtype']:<12} " + (f"SQNR {sqnr:.1f} dB" if sqnr is not None else "")
+        log.debug(f"    {row['layer']:<32} {row['dtype']:<12} " + (f"SQNR {sqnr:.1f} dB" if sqnr is not None else "")
                 + (f"  ({row['reason']})" if "reason" in row else ""))
     fell_back = report.get("fallback")
     if fell_back:
-        ctx.log(f"  quantize fallback: reverted {fell_back['reverted'] or 'nothing'}; {fell_back['metric']} "
+        log.info(f"  quantize fallback: reverted {fell_back['reverted'] or 'nothing'}; {fell_back['metric']} "
                 f"drop {fell_back['steps'][-1]['drop']:+.6f} (max {fell_back['max_drop']:g})")
     for line in report["warnings"]:
-        ctx.log(f"  warning: quantize: {line}")
+        log.warning(f"  quantize: {line}")

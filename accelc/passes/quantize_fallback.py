@@ -12,16 +12,18 @@ from typing import Callable
 import numpy as np
 import torch
 
+from accelc.capture.export import flatten
 from accelc.errors import PassError
 from accelc.passes.quantize_observe import rows_per_call
 from accelc.passes.quantize_rewrite import Layer
+from accelc.verify import gate_data as data
+from accelc.verify import metrics
 
 ROWS = 1024  # rows per forward pass when scoring
 
 
 def outputs(gm, tensors: list[torch.Tensor]) -> np.ndarray:
     """Every float output of the graph over the inputs, flattened per row and concatenated."""
-    from accelc.capture.export import flatten
     chunks = []
     with torch.no_grad():
         rows = rows_per_call(gm, ROWS)
@@ -52,7 +54,6 @@ def finite(value: float) -> float | None:
 
 
 def first_output(gm, inputs: list[np.ndarray]) -> np.ndarray:
-    from accelc.capture.export import flatten
     parts = []
     with torch.no_grad():
         rows = rows_per_call(gm, ROWS)
@@ -65,8 +66,6 @@ def first_output(gm, inputs: list[np.ndarray]) -> np.ndarray:
 def fallback(config, ctx, gm, build: Callable, chosen: list[Layer], sqnr: dict, where: str | None,
              field: str = "fallback"):
     """(graph, layers kept in int8, report). Raises PassError when no layer can stay quantized."""
-    from accelc.verify import gate_data as data
-    from accelc.verify import metrics
     loaded = ctx.loaded
     gate = loaded.recipe.verify.metric if loaded is not None else None
     if gate is None:

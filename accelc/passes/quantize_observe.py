@@ -16,7 +16,10 @@ import numpy as np
 import torch
 from torch import fx
 
+from accelc import logs
+from accelc.capture.export import import_entrypoint
 from accelc.errors import PassError
+from accelc.passes.channel_groups import is_layer, layer_name
 
 BINS = 2048
 BATCH = 256  # rows per calibration forward pass
@@ -26,7 +29,6 @@ BATCH = 256  # rows per calibration forward pass
 
 def source(config_data: str | None, loaded, pass_index: int | None):
     """(callable, field path, location) of the calibration data; (None, None, None) when none is set."""
-    from accelc.capture.export import import_entrypoint
     spec = config_data or (loaded.recipe.data.calibration if loaded is not None else None)
     if not spec:
         return None, None, None
@@ -113,7 +115,7 @@ class _Recorder(fx.Interpreter):
         return result
 
 
-def observe(gm, nodes: list, tensors: list[torch.Tensor], method: str, log, percentile: float = 99.99,
+def observe(gm, nodes: list, tensors: list[torch.Tensor], method: str, log: logs.Logger, percentile: float = 99.99,
             levels: int = 128) -> dict:
     """{node: (low, high)} ranges for the activations `nodes`, over the calibration tensors
     (`levels`: how many quantized values the range is split into, for entropy calibration)."""
@@ -130,7 +132,6 @@ def observe(gm, nodes: list, tensors: list[torch.Tensor], method: str, log, perc
 
     _sweep(gm, nodes, tensors, minmax, log, "ranges")
     if broken:
-        from accelc.passes.channel_groups import is_layer, layer_name
         layers = sorted({layer_name(user) for n in broken for user in n.users if is_layer(user)})
         raise PassError(f"calibration gives non-finite activations (NaN or inf) at the input of {', '.join(layers)}: "
                         "no range to quantize", code="E454", hint="clean the calibration inputs, or keep those "
@@ -160,7 +161,7 @@ def observe(gm, nodes: list, tensors: list[torch.Tensor], method: str, log, perc
 
 
 def _sweep(gm, nodes, tensors, visit, log, what: str) -> None:
-    """One pass over the calibration data with a text progress bar through the build log."""
+    """One pass over the calibration data with a text progress bar (ticks: a terminal's only)."""
     total, done, shown = len(tensors[0]), 0, -1
     recorder = _Recorder(gm, set(nodes), visit)
     with torch.no_grad():
@@ -170,7 +171,7 @@ def _sweep(gm, nodes, tensors, visit, log, what: str) -> None:
             step = 4 * done // total
             if step != shown:
                 shown = step
-                log(f"  calibrating {what} [{'#' * (5 * step):<20}] {done}/{total} samples")
+                log.info(f"  calibrating {what} [{'#' * (5 * step):<20}] {done}/{total} samples", extra=logs.TICK)
 
 
 def _percentile_range(hist: np.ndarray, lo: float, hi: float, percentile: float) -> tuple[float, float]:

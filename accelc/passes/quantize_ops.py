@@ -1,7 +1,7 @@
 """accelc's quantization ops, defined as torch custom ops in the `accelc` namespace.
 
 Custom ops (not torch.ao) because they pass through torch.export and run_decompositions as
-single nodes: the TVM importer finds them by name (backends/tvm/quant_lower.py maps them to
+single nodes: the TVM importer finds them by name (backends/tvm/lower/quant.py maps them to
 int8 Relax) and eager PyTorch runs them as the reference the artifact is verified against.
 One scheme, written once here:
 

@@ -4,7 +4,7 @@ inserting the quantization ops (quantize_ops.py) or the half-precision casts aro
 A quantized layer becomes `linear_int8(quantize(x), scale, zp, w_int8, w_scale, bias)` (or
 conv2d_int8): the quantize is the graph's q node, the int8 layer op dequantizes its int32 sum (the
 dq). Eager PyTorch computes exactly what the compiled int8 kernel computes, so the rewritten graph
-is the tight reference for the artifact; backends/tvm/quant_lower.py lowers each op. An
+is the tight reference for the artifact; backends/tvm/lower/quant.py lowers each op. An
 activation feeding several layers is quantized once.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from accelc.passes.channel_groups import layer_name
 from accelc.passes.fold import drop_unused, fetch
 from accelc.passes.quantize_observe import activation_qparams, weight_qparams
 from accelc.passes.quantize_ops import ops
+from accelc.passes.stats import MATMULS
 
 aten = torch.ops.aten
 LINEAR, CONV2D = aten.linear.default, aten.conv2d.default
@@ -57,7 +58,6 @@ def layers(gm: fx.GraphModule, dtype: str) -> list[Layer]:
 def float_ops(gm: fx.GraphModule) -> list[dict]:
     """Multiply-accumulate ops that are not Linear/Conv layers (attention's matmuls): they have
     no int8 path and stay float32."""
-    from accelc.passes.stats import MATMULS
     heavy = MATMULS | {aten.scaled_dot_product_attention.default}
     return [{"node": n.name, "op": n.target._opname, "layer": layer_name(n)}
             for n in gm.graph.nodes if n.op == "call_function" and n.target in heavy]

@@ -2,12 +2,10 @@
 and drop dead code. Rules as data, one comment each."""
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
-from accelc.passes.base import Pass, PassConfig, PassContext, PassResult, register
+from accelc.passes.base import Pass, PassContext, PassResult
+from accelc.passes.configs.simplify import SimplifyConfig
 
 aten = torch.ops.aten
 RESHAPES = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
@@ -29,12 +27,8 @@ IDENTITY_RULES = {
 }
 
 
-@register
 class Simplify(Pass):
-    kind = "simplify"
-
-    class Config(PassConfig):
-        kind: Literal["simplify"] = Field(description="Remove no-ops, collapse reshape chains, drop dead code.")
+    Config = SimplifyConfig
 
     def run(self, gm, ctx: PassContext) -> PassResult:
         removed: list[str] = []

@@ -68,7 +68,7 @@ def test_noop_config_identity_and_input_untouched(kind, name):
     config, tolerance, idempotent = example(kind)
     model, inputs, gm = captured(name)
     before = snapshot(gm)
-    ctx = PassContext(inputs, None, lambda line: None)
+    ctx = PassContext(inputs, None)
     graph, reports = run_passes(gm, [config], ctx)
     assert_unchanged(gm, before)
     graph.graph.lint()
@@ -89,7 +89,7 @@ def test_changing_pass_leaves_its_input_alone(data, name):
     config = PASSES[data["kind"]].Config.model_validate(data)
     model, inputs, gm = captured(name)
     before = snapshot(gm)
-    graph, reports = run_passes(gm, [config], PassContext(inputs, None, lambda line: None))
+    graph, reports = run_passes(gm, [config], PassContext(inputs, None))
     assert reports[0]["changed"]
     assert_unchanged(gm, before)
     torch.testing.assert_close(gm(*inputs), model(*inputs), rtol=0, atol=0)

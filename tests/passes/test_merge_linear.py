@@ -56,7 +56,7 @@ class SharedHidden(nn.Module):
 
 def merge(model: nn.Module, x: torch.Tensor):
     gm = export(model.eval(), (x,))
-    return MergeLinear(MergeLinear.Config(kind="merge_linear")).run(gm, PassContext((x,), None, print))
+    return MergeLinear(MergeLinear.Config(kind="merge_linear")).run(gm, PassContext((x,), None))
 
 
 def linears(gm) -> int:

@@ -13,6 +13,7 @@ from torch import nn
 
 from accelc.passes import PassContext
 from accelc.passes.prune import Prune, PruneConfig
+from tests.fixtures.helpers import Recording
 
 try:
     from .test_prune_models import MODELS, captured, export
@@ -35,9 +36,9 @@ GROUPS = {
 }
 
 
-def prune(gm, inputs, log=None, **config):
+def prune(gm, inputs, logger=None, **config):
     cfg = PruneConfig(kind="prune", **{"method": "l1_structured", **config})
-    return Prune(cfg).run(gm, PassContext(inputs, None, log or (lambda line: None)))
+    return Prune(cfg).run(gm, PassContext(inputs, None, logger))
 
 
 def masked_reference(model: nn.Module, name: str, amount: float, p: int, round_to: int = 1) -> nn.Module:
@@ -164,13 +165,13 @@ def test_layers_globs_and_skip_with_coupling():
 
 def test_glob_matching_nothing_warns_with_candidates():
     model, inputs, gm = captured("mlp")
-    lines = []
-    result = prune(gm, inputs, log=lines.append, amount=0.5, skip=["hed"], layers={"nope.*": 0.1})
+    log = Recording()
+    result = prune(gm, inputs, logger=log.logger, amount=0.5, skip=["hed"], layers={"nope.*": 0.1})
     warnings = result.stats["warnings"]
     assert len(warnings) == 2
     assert "skip glob 'hed'" in warnings[0] and "did you mean 'head'" in warnings[0] and "body.0" in warnings[0]
     assert "layers glob 'nope.*'" in warnings[1]
-    assert any("warning: prune: skip glob 'hed'" in line for line in lines)
+    assert any(r.levelname == "WARNING" and "prune: skip glob 'hed'" in r.getMessage() for r in log.records)
 
 
 class InputResidual(nn.Module):

@@ -12,6 +12,7 @@ from accelc.capture.export import import_entrypoint
 from accelc.errors import PassError
 from accelc.passes import PassContext
 from accelc.passes.prune import Prune, PruneConfig
+from tests.fixtures.helpers import Recording
 
 try:
     from .test_prune_models import captured
@@ -66,9 +67,9 @@ def loaded(tmp_path_factory):
     return recipe_mod.load(root / "r.yaml")
 
 
-def run(gm, inputs, loaded, log=None, **config):
+def run(gm, inputs, loaded, logger=None, **config):
     cfg = PruneConfig(kind="prune", **config)
-    return Prune(cfg).run(gm, PassContext(inputs, loaded, log or (lambda line: None)))
+    return Prune(cfg).run(gm, PassContext(inputs, loaded, logger))
 
 
 def accuracy(gm, loaded) -> float:
@@ -122,13 +123,13 @@ def test_magnitude_masks_survive_finetune(loaded):
 
 def test_without_training_data_it_skips_with_a_note():
     model, inputs, gm = captured("mlp")
-    lines = []
-    result = run(gm, inputs, None, log=lines.append, method="l1_structured", amount=0.5,
+    log = Recording()
+    result = run(gm, inputs, None, logger=log.logger, method="l1_structured", amount=0.5,
                  finetune={"steps": 10})
     assert result.changed
     assert result.stats["finetune"]["status"] == "skipped"
     assert "no training data" in result.stats["finetune"]["reason"]
-    assert any("fine-tune skipped" in line for line in lines)
+    assert any("fine-tune skipped" in line for line in log.lines)
 
 
 def test_bad_labels_and_diverging_loss_are_user_errors(loaded):

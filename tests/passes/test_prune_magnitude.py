@@ -20,7 +20,7 @@ except ImportError:
 
 def sparsify(gm, inputs, **config):
     cfg = PruneConfig(kind="prune", method="magnitude", **config)
-    return Prune(cfg).run(gm, PassContext(inputs, None, lambda line: None))
+    return Prune(cfg).run(gm, PassContext(inputs, None))
 
 
 def numpy_masked(model: torch.nn.Module, amount: float, skip=()) -> dict[str, np.ndarray]:

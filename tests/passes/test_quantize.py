@@ -3,6 +3,7 @@ weight-only int8 against an independent numpy implementation of the scheme, the 
 half-precision casts, and every bad input as one coded error."""
 from __future__ import annotations
 
+import logging
 import textwrap
 from collections import Counter
 
@@ -18,7 +19,7 @@ from accelc.passes.fold import fetch
 from accelc.passes.quantize import Quantize, QuantizeConfig
 from accelc.passes.quantize_observe import observe
 from accelc.passes.quantize_ops import ops
-from tests.fixtures.helpers import make_repo
+from tests.fixtures.helpers import Recording, make_repo
 
 try:
     from .passcheck import export_graph
@@ -84,10 +85,10 @@ def loaded(repo):
     return loaded_recipe(repo)
 
 
-def run(gm, inputs, loaded, log=None, **config):
+def run(gm, inputs, loaded, logger=None, **config):
     """The pass on `gm`; every layer is eligible (min_outputs 1) unless a test says otherwise."""
     cfg = QuantizeConfig(kind="quantize", **{"min_outputs": 1, **config})
-    return Quantize(cfg).run(gm, PassContext(inputs, loaded, log or (lambda line: None)))
+    return Quantize(cfg).run(gm, PassContext(inputs, loaded, logger))
 
 
 def targets(gm) -> Counter:
@@ -139,24 +140,24 @@ def test_encoder_quantizes_projections_and_lists_attention_as_float32(repo):
 
 def test_skip_keeps_layers_float_and_an_unmatched_glob_warns_with_candidates(loaded):
     model, inputs, gm = captured("mlp")
-    lines = []
-    result = run(gm, inputs, loaded, lines.append, mode="dynamic", skip=["head", "body.9*"])
+    log = Recording()
+    result = run(gm, inputs, loaded, log.logger, mode="dynamic", skip=["head", "body.9*"])
     rows = {r["layer"]: r for r in result.stats["layers"]}
     assert rows["head"]["dtype"] == "float32" and "skip" in rows["head"]["reason"]
     assert targets(result.graph)["linear"] == 1
     (warning,) = result.stats["warnings"]
     assert "'body.9*' matches no Linear/Conv" in warning and "body.0" in warning
-    assert any("warning: quantize:" in line for line in lines)
+    assert any(r.levelname == "WARNING" and r.getMessage().startswith("  quantize: ") for r in log.records)
 
 
 def test_input_graph_untouched_and_second_run_changes_nothing(loaded):
     model, inputs, gm = captured("mlp")
     code = gm.code
     graph, reports = run_passes(gm, [QuantizeConfig(kind="quantize", mode="static")],
-                                PassContext(inputs, loaded, lambda line: None))
+                                PassContext(inputs, loaded))
     assert gm.code == code and reports[0]["changed"]
     _, again = run_passes(graph, [QuantizeConfig(kind="quantize", mode="static")],
-                          PassContext(inputs, loaded, lambda line: None))
+                          PassContext(inputs, loaded))
     assert not again[0]["changed"]
 
 
@@ -288,7 +289,7 @@ def _identity_graph():
 def _observe(values: np.ndarray, method: str, **kw):
     gm = _identity_graph()
     node = next(iter(gm.graph.find_nodes(op="placeholder")))
-    return observe(gm, [node], [torch.from_numpy(values)], method, lambda line: None, **kw)[node]
+    return observe(gm, [node], [torch.from_numpy(values)], method, logging.getLogger("accelc.tests"), **kw)[node]
 
 
 def test_minmax_range_is_the_observed_range_with_zero():
@@ -317,7 +318,7 @@ def from_recipe(repo, text: str, name: str):
     """(pass, context) exactly as a build makes them: the pass config comes from the recipe."""
     loaded = loaded_recipe(repo, text + "passes:\n  - {kind: quantize, mode: static}\n", name)
     model, inputs, gm = captured("mlp")
-    return Quantize(loaded.recipe.passes[0]), gm, PassContext(inputs, loaded, lambda line: None)
+    return Quantize(loaded.recipe.passes[0]), gm, PassContext(inputs, loaded)
 
 
 def test_static_without_calibration_data_names_the_field_to_add(repo):
@@ -374,7 +375,7 @@ def test_layers_narrower_than_min_outputs_stay_float_and_say_why(loaded):
     model, inputs, gm = captured("mlp")
     narrow = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.linear.default
               and fetch(gm, n.args[1]).shape[0] < 8]
-    result = Quantize(QuantizeConfig(kind="quantize", mode="static")).run(gm, PassContext(inputs, loaded, print))
+    result = Quantize(QuantizeConfig(kind="quantize", mode="static")).run(gm, PassContext(inputs, loaded))
     rows = {row["layer"]: row for row in result.stats["layers"]}
     kept = [row for row in rows.values() if row["dtype"] == "float32"]
     assert narrow and len(kept) == len(narrow) and all("quantize.min_outputs: 8" in row["reason"] for row in kept)

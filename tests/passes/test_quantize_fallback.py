@@ -13,7 +13,7 @@ from accelc.capture.export import import_entrypoint
 from accelc.errors import PassError
 from accelc.passes import PassContext
 from accelc.passes.quantize import Quantize
-from tests.fixtures.helpers import make_repo
+from tests.fixtures.helpers import Recording, make_repo
 
 try:
     from .passcheck import export_graph
@@ -91,10 +91,10 @@ def run(repo, planted, config: str, text: str = RECIPE, name: str = "fb.yaml"):
     (repo / name).write_text(textwrap.dedent(text).replace("PASS", config))
     loaded = recipe_mod.load(repo / name)
     model, inputs = planted
-    lines = []
-    ctx = PassContext(inputs, loaded, lines.append)
+    log = Recording()
+    ctx = PassContext(inputs, loaded, log.logger)
     result = Quantize(loaded.recipe.passes[0]).run(export_graph(model, *inputs), ctx)
-    return result, lines
+    return result, log.lines
 
 
 def test_the_planted_layer_is_ranked_worst_and_is_the_one_reverted(repo, planted):
