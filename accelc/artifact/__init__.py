@@ -1,1 +1,2 @@
-"""The artifact on disk: files and hashes written atomically, the build cache, signatures."""
+"""The artifact on disk: its typed manifest (manifest.py), files and hashes written atomically
+(store.py), the build cache and signatures."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,15 +23,17 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from accelc import __version__
+from accelc import __version__, logs
 from accelc.artifact import store as artifact
 from accelc.artifact import signing
+from accelc.artifact.manifest import Manifest
 from accelc.errors import ArtifactError
 
 ENTRYPOINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 PACKAGES = ("torch", "apache-tvm", "apache-tvm-ffi", "numpy", "transformers")
 ENV = "ACCELC_CACHE_DIR"
 TMP = ".tmp-"
+_LOG = logging.getLogger(__name__)
 
 
 def folder(loaded) -> Path:
@@ -137,32 +140,33 @@ def _signing_identity() -> str | None:
     return hmac.new(secret, b"accelc build cache", hashlib.sha256).hexdigest() if secret else None
 
 
-def fetch(keys: list[str], out: Path, loaded, log=print) -> dict | None:
+def fetch(keys: list[str], out: Path, loaded, logger: logs.Logger | None = None) -> Manifest | None:
     """The manifest of an artifact for `keys[0]` now at `out`, or None when the build must run.
     An output already built from the same inputs is kept as it is."""
+    log = logger or _LOG
     if _matches(out, keys[0]):
-        log(f"build cache: {out} is up to date (key {keys[0][:12]})")
-        return artifact.read_manifest(out)
+        log.info(f"build cache: {out} is up to date (key {keys[0][:12]})")
+        return artifact.load_manifest(out)
     entry = folder(loaded) / keys[0]
     if not entry.is_dir():
         return None
     try:
         manifest = _checked(entry)
     except ArtifactError as exc:
-        log(f"build cache: entry {keys[0][:12]} is corrupt ({exc.problems[0].message}); deleting it and building")
+        log.warning(f"build cache: entry {keys[0][:12]} is corrupt ({exc.problems[0].message}); deleting it and "
+                    "building")
         shutil.rmtree(entry, ignore_errors=True)
         return None
     with artifact.staging(out) as tmp:
         _copy_files(entry, tmp)
-    log(f"build cache: reused {entry} (key {keys[0][:12]}); nothing was captured, tuned or compiled")
+    log.info(f"build cache: reused {entry} (key {keys[0][:12]}); nothing was captured, tuned or compiled")
     return manifest
 
 
-def _checked(folder: Path) -> dict:
+def _checked(folder: Path) -> Manifest:
     """The manifest of a complete, unmodified, verified artifact; ArtifactError otherwise."""
-    manifest = artifact.read_manifest(folder)
-    artifact.check_files(folder, manifest)
-    if manifest.get("verified") is not True or not isinstance(manifest.get("verification"), dict):
+    manifest = artifact.load_manifest(folder)
+    if not manifest.verified:
         raise ArtifactError("it is not a verified artifact", code="E701")
     return manifest
 
@@ -176,12 +180,13 @@ def _valid(folder: Path) -> bool:
 
 def _matches(out: Path, wanted: str) -> bool:
     try:
-        return wanted in ((_checked(out).get("cache") or {}).get("keys") or [])
+        cache = _checked(out).cache
+        return cache is not None and wanted in cache.keys
     except ArtifactError:
         return False
 
 
-def store(keys: list[str], out: Path, loaded, log=print) -> None:
+def store(keys: list[str], out: Path, loaded, logger: logs.Logger | None = None) -> None:
     """Keep a copy of the finished artifact under each key (before and after tuning added records).
     The cache is an optimisation: failing to write it never fails the build."""
     root = folder(loaded)
@@ -197,7 +202,7 @@ def store(keys: list[str], out: Path, loaded, log=print) -> None:
             shutil.rmtree(root / name, ignore_errors=True)
             os.rename(tmp, root / name)  # whole entries only: a reader never sees half of one
         except OSError as exc:  # a concurrent store of the same key, a full disk, a read-only cache
-            log(f"build cache: not stored ({exc.strerror or exc})")
+            (logger or _LOG).warning(f"build cache: not stored ({exc.strerror or exc})")
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
             return

@@ -1,5 +1,9 @@
 """Artifact directories: written atomically, every file hashed in manifest.json.
 
+This module is the envelope (the format number, the files' hashes, the signature, atomic writes),
+read and written as the JSON it is; what the manifest says is the typed Manifest (manifest.py),
+which `load_manifest` gives readers once the envelope checks out.
+
 Imports neither torch nor TVM: production servers read artifacts with this module.
 """
 from __future__ import annotations
@@ -17,10 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from accelc.artifact import signing
+from accelc.artifact.manifest import FORMAT, Manifest
+from accelc.artifact.records import dump
 from accelc.errors import ArtifactError
 
 MANIFEST = "manifest.json"
-FORMAT = 1
 LIBRARY = "lib.so"
 PARAMS = "params.bin"
 
@@ -198,19 +203,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_manifest(folder: Path, manifest: dict, key: str | bytes | None = None) -> dict:
+def write_manifest(folder: Path, manifest: Manifest, key: str | bytes | None = None) -> Manifest:
     """Hash every file in `folder` into the manifest and write it; signed when a key is given or
-    $ACCELC_SIGNING_KEY is set."""
+    $ACCELC_SIGNING_KEY is set. Returns the manifest as written (read back through from_json, so
+    that nothing is written that a reader would refuse)."""
     files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
-    manifest = {"format": FORMAT, **manifest, "files": files}
-    manifest.pop(signing.FIELD, None)
-    _write_json(folder / MANIFEST, _signed(manifest, signing.key_from(key)))
-    return manifest
+    data = _signed({**manifest.to_json(), "files": files}, signing.key_from(key))
+    written = Manifest.from_json(data, str(folder / MANIFEST))
+    _write_json(folder / MANIFEST, data)
+    return written
 
 
 def _signed(manifest: dict, key: bytes | None) -> dict:
-    """The manifest as it will read back (JSON values only), signed when there is a key."""
-    manifest = json.loads(json.dumps(manifest, default=str))
+    """The manifest as it will read back (JSON values only, any old signature dropped), signed when
+    there is a key."""
+    manifest = json.loads(json.dumps({k: v for k, v in manifest.items() if k != signing.FIELD}, default=str))
     return signing.sign(manifest, key) if key else manifest
 
 
@@ -245,18 +252,16 @@ def read_manifest(folder: Path) -> dict:
 
 
 def verified_manifest(folder: Path, key: str | bytes | None = None) -> dict:
-    """The manifest of an artifact whose signature (with a key) and files all check out."""
+    """The manifest (as JSON) of an artifact whose signature (with a key) and files all check out."""
     manifest = read_manifest(folder)
     check_files(folder, manifest, key)
     return manifest
 
 
-def require(manifest: dict, folder: Path, **fields: type) -> None:
-    """Fail with a coded error, not a KeyError, when a manifest lacks a field a reader needs."""
-    for name, kind in fields.items():
-        if not isinstance(manifest.get(name), kind):
-            raise ArtifactError(f"{Path(folder) / MANIFEST}: field '{name}' is missing or not a {kind.__name__}",
-                                code="E701", hint="the artifact was edited or written by another tool; rebuild it")
+def load_manifest(folder: Path, key: str | bytes | None = None) -> Manifest:
+    """The typed manifest of an artifact whose signature (with a key) and files all check out;
+    E701 naming the field when the manifest does not fit the format."""
+    return Manifest.from_json(verified_manifest(folder, key), str(Path(folder) / MANIFEST))
 
 
 def check_files(folder: Path, manifest: dict, key: str | bytes | None = None) -> None:
@@ -276,14 +281,14 @@ def check_files(folder: Path, manifest: dict, key: str | bytes | None = None) ->
                             hint="rebuild it or copy it again; never edit an artifact by hand")
 
 
-def read_checked(folder: Path, manifest: dict, name: str) -> bytes:
+def read_checked(folder: Path, manifest: Manifest, name: str) -> bytes:
     """A file's bytes, hashed as they are read: what a loader uses is what was checked, even if the
     file is replaced after `check_files` (a rebuild's swap, or someone racing the check)."""
     try:
         data = (Path(folder) / name).read_bytes()
     except OSError as exc:
         raise ArtifactError(f"cannot read {Path(folder) / name}: {exc.strerror or exc}", code="E702") from None
-    if hashlib.sha256(data).hexdigest() != manifest["files"].get(name):
+    if hashlib.sha256(data).hexdigest() != manifest.files.get(name):
         raise ArtifactError(f"artifact {folder}: {name} changed after its integrity check", code="E702",
                             hint="it was replaced while loading (a rebuild?); load it again")
     return data
@@ -300,9 +305,10 @@ def _mismatch(path: Path, digest: str) -> str | None:
     return None if actual == digest else f"{path.name} does not match its sha256 (modified or truncated)"
 
 
-def update_manifest(folder: Path, key: str | bytes | None = None, **changes) -> dict:
-    """Rewrite manifest fields (e.g. a later verification) without touching hashed files; a signed
-    artifact is re-signed, which needs its key."""
+def update_manifest(folder: Path, key: str | bytes | None = None, **changes) -> Manifest:
+    """Rewrite manifest fields (e.g. a later verification: a Verification or its JSON) without
+    touching hashed files; a signed artifact is re-signed, which needs its key. Changes that would
+    make the manifest unreadable (an unknown field, a wrong type) are refused (E701)."""
     folder, key = Path(folder).resolve(), signing.key_from(key)
     read_manifest(folder)  # E700 before locking the parent of something that is not there
     with _locked(folder.parent):  # not while a build swaps this directory
@@ -310,9 +316,10 @@ def update_manifest(folder: Path, key: str | bytes | None = None, **changes) -> 
         if key is None and signing.FIELD in manifest:
             raise ArtifactError(f"{folder / MANIFEST} is signed; updating it needs the signing key", code="E710",
                                 hint=f"set {signing.ENV}")
-        manifest.update(changes)
+        data = _signed({**manifest, **{name: dump(value) for name, value in changes.items()}}, key)
+        updated = Manifest.from_json(data, str(folder / MANIFEST))
         handle, tmp = tempfile.mkstemp(prefix=f".{folder.name}{_TMP}", dir=folder.parent)  # swept if we die
         os.close(handle)
-        _write_json(Path(tmp), _signed(manifest, key))
+        _write_json(Path(tmp), data)
         os.replace(tmp, folder / MANIFEST)
-    return manifest
+    return updated

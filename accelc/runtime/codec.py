@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from accelc.artifact.manifest import TensorSpec
 from accelc.runtime import predictor as runtime
 from accelc.errors import InputError, did_you_mean
 
@@ -25,7 +26,7 @@ KINDS = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans", "U":
 class InputSpec:
     name: str
     dtype: np.dtype
-    shape: list  # as in the manifest: "batch" for the batch dimension
+    shape: list  # as in the manifest: "batch" for the batch dimension (shown in errors)
     dims: tuple  # None for the batch dimension
     batched: bool
 
@@ -33,9 +34,8 @@ class InputSpec:
 class Decoder:
     """JSON body -> arrays in input order, each of the artifact's dtype, shape checked, 64-byte aligned."""
 
-    def __init__(self, specs: list[dict], max_rows: int, reject_nonfinite: bool):
-        self.inputs = [InputSpec(s["name"], np.dtype(s["dtype"]), s["shape"], tuple(
-            None if d == "batch" else int(d) for d in s["shape"]), s["shape"][:1] == ["batch"]) for s in specs]
+    def __init__(self, specs: tuple[TensorSpec, ...], max_rows: int, reject_nonfinite: bool):
+        self.inputs = [InputSpec(s.name, np.dtype(s.dtype), list(s.shape), s.dims, s.batched) for s in specs]
         self.names = [i.name for i in self.inputs]
         self.max_rows, self.reject_nonfinite = max_rows, reject_nonfinite
 

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from accelc import __version__
+from accelc.artifact.manifest import TensorSpec
 from accelc.errors import AccelcError, InputError, did_you_mean
 from accelc.runtime.codec import STATUS, jsonable, parse_json, rectangular
 
@@ -38,10 +39,9 @@ def datatype(dtype: str) -> str:
     return NAMES.get(str(dtype), str(dtype).upper())
 
 
-def tensor_metadata(spec: dict) -> dict:
+def tensor_metadata(spec: TensorSpec) -> dict:
     """An input or output of the manifest as the protocol describes it: -1 for the batch dimension."""
-    return {"name": spec["name"], "datatype": datatype(spec["dtype"]),
-            "shape": [-1 if d == "batch" else int(d) for d in spec["shape"]]}
+    return {"name": spec.name, "datatype": datatype(spec.dtype), "shape": [-1 if d is None else d for d in spec.dims]}
 
 
 def _bad(message: str, code: str = "E811", hint: str | None = None) -> InputError:
@@ -54,10 +54,9 @@ class V2:
     def __init__(self, service):
         self.service = service
         self.decoder = service.decoder
-        manifest = service.predictor.manifest
-        self.name = str(manifest.get("name"))
-        self.output_names = [spec["name"] for spec in service.predictor.outputs]
-        self.output_types = [datatype(spec["dtype"]) for spec in service.predictor.outputs]
+        self.name = service.predictor.manifest.name
+        self.output_names = [spec.name for spec in service.predictor.outputs]
+        self.output_types = [datatype(spec.dtype) for spec in service.predictor.outputs]
         self.model = {"name": self.name, "versions": [VERSION], "platform": "accelc",
                       "inputs": [tensor_metadata(s) for s in service.predictor.inputs],
                       "outputs": [tensor_metadata(s) for s in service.predictor.outputs]}

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from accelc.artifact import store as artifact
+from accelc.artifact.manifest import DeviceCode, Manifest, TensorSpec
 from accelc.config import host_cpu as host
 from accelc.errors import ArtifactError, InputError
 
@@ -56,7 +57,10 @@ def aligned_empty(shape, dtype) -> np.ndarray:
 
 
 class Predictor:
-    """A loaded artifact: call it with numpy arrays (positional or by input name).
+    """A loaded artifact: call it with numpy arrays (positional or by input name). `predictor(...)`
+    returns what calling the model returns (one array, or a tuple for several outputs);
+    `predictor.predict(...)` always returns a list. `manifest` is the artifact's typed Manifest,
+    `inputs` and `outputs` its TensorSpecs, `sizes` the batch sizes it was built for.
 
     Shared by all threads: the library, the transformed parameters, the manifest. Per thread:
     the Relax VM (it keeps call frames) and nothing else. Inputs that are C-contiguous, of the
@@ -69,43 +73,43 @@ class Predictor:
         tvm, tvm_ffi = import_tvm()
 
         self.path = Path(path)
-        self.manifest = _checked_manifest(self.path, key)  # signature and hashes checked before native code
+        self.manifest: Manifest = _checked_manifest(self.path, key)  # signature, hashes checked before native code
         self.reject_nonfinite = reject_nonfinite
-        self.inputs = self.manifest["inputs"]
-        self.outputs = self.manifest["outputs"]
+        self.inputs: tuple[TensorSpec, ...] = self.manifest.inputs
+        self.outputs: tuple[TensorSpec, ...] = self.manifest.outputs
         if batching not in ("pad", "exact"):
             raise InputError(f"batching must be 'pad' or 'exact', got {batching!r}", code="E804")
         self.batching = batching  # pad/split other sizes onto built ones, or refuse them
-        target = self.manifest["target"]
+        target = self.manifest.target
         if check_host:
-            ok, why = host.can_run(target["device"], target["arch"], target.get("cpu_features", []))
+            ok, why = host.can_run(target.device, target.arch, target.cpu_features)
             if not ok:
-                raise ArtifactError(f"artifact for target '{target['name']}' cannot run here: {why}", code="E704")
-        self.device = tvm.cuda(0) if target["device"] == "cuda" else tvm.cpu(0)
-        self._on_cpu = target["device"] != "cuda"
+                raise ArtifactError(f"artifact for target '{target.name}' cannot run here: {why}", code="E704")
+        self.device = tvm.cuda(0) if target.device == "cuda" else tvm.cpu(0)
+        self._on_cpu = target.device != "cuda"
         self._from_dlpack, self._tensor, self._tensor_type = tvm_ffi.from_dlpack, tvm.runtime.tensor, tvm.runtime.Tensor
-        self._names = {spec["name"]: i for i, spec in enumerate(self.inputs)}
+        self._names = {spec.name: i for i, spec in enumerate(self.inputs)}
         # (dtype, dims with None for the batch) per input: what the hot path compares against
-        self._expect = [(np.dtype(spec["dtype"]), tuple(None if d == "batch" else int(d) for d in spec["shape"]))
-                        for spec in self.inputs]
-        self._batched = [spec["shape"][:1] == ["batch"] for spec in self.inputs]
+        self._expect = [(np.dtype(spec.dtype), spec.dims) for spec in self.inputs]
+        self._batched = [spec.batched for spec in self.inputs]
         # per input: [low, high) of an integer input that indexes a table (E805 outside), as clipped to
         # its dtype, and the quick all-in-range test; None where nothing needs checking
-        self._bounds = [_int_bounds(dtype, spec.get("range")) for (dtype, _), spec in zip(self._expect, self.inputs)]
+        self._bounds = [_int_bounds(dtype, spec.range) for (dtype, _), spec in zip(self._expect, self.inputs)]
         self._in_range = [_range_test(dtype, bounds) for (dtype, _), bounds in zip(self._expect, self._bounds)]
         # Bytes each input's address must be a multiple of: TVM's 64, or the element's size where the
         # build declared the kernels reading it unaligned (input_alignment.py): then no copy.
-        self._align = [np.dtype(spec["dtype"]).itemsize if spec.get("unaligned") else ALIGN for spec in self.inputs]
-        self._out_batched = [spec["shape"][:1] == ["batch"] for spec in self.outputs]
+        self._align = [np.dtype(spec.dtype).itemsize if spec.unaligned else ALIGN for spec in self.inputs]
+        self._out_batched = [spec.batched for spec in self.outputs]
+        self._by_batch = self.manifest.by_batch
         self._local = threading.local()
         if not self._on_cpu:
             _load_cuda_runtime()
             if check_host:
-                check_gpu_arch(self.device, self.manifest.get("device_code") or {})
+                check_gpu_arch(self.device, self.manifest.device_code)
         try:
             self._library = _load_library(artifact.read_checked(self.path, self.manifest, artifact.LIBRARY))
             params = tvm.runtime.load_param_dict(artifact.read_checked(self.path, self.manifest, artifact.PARAMS))
-            ordered = [tvm.runtime.tensor(params[name].numpy(), self.device) for name in self.manifest["params"]]
+            ordered = [tvm.runtime.tensor(params[name].numpy(), self.device) for name in self.manifest.params]
             vm = self._thread_functions()
             self._params = list(self._local.vm["transform_params"](ordered)) if ordered else []
         except (RuntimeError, OSError, KeyError, AttributeError, ValueError, TypeError) as exc:  # TVM: builtins
@@ -130,8 +134,7 @@ class Predictor:
         if functions is None:
             from tvm.runtime.vm import VirtualMachine
             self._local.vm = VirtualMachine(self._library, self.device)
-            functions = self._local.functions = {(int(b) if b != "None" else None): self._local.vm[name]
-                                                 for b, name in self.manifest["functions"].items()}
+            functions = self._local.functions = {b: self._local.vm[name] for b, name in self._by_batch.items()}
         return functions
 
     # ---- validation ---------------------------------------------------------------------------
@@ -167,8 +170,8 @@ class Predictor:
         if len(batches) > 1:
             raise InputError(f"inputs disagree on the batch size: {sorted(batches)}", code="E802")
 
-    def _check(self, spec: dict, array: np.ndarray) -> np.ndarray:
-        index = self._names[spec["name"]]
+    def _check(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+        index = self._names[spec.name]
         dtype_expected, dims = self._expect[index]
         shape = array.shape
         if (array.dtype == dtype_expected and len(shape) == len(dims) and self._in_range[index] is None
@@ -178,8 +181,8 @@ class Predictor:
             return array  # the common case, checked in a few comparisons
         return self._check_slow(spec, array)
 
-    def _check_slow(self, spec: dict, array: np.ndarray) -> np.ndarray:
-        name, shape, dtype = spec["name"], spec["shape"], spec["dtype"]
+    def _check_slow(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+        name, shape, dtype = spec.name, spec.shape, spec.dtype
         if array.dtype != np.dtype(dtype):
             raise InputError(f"input '{name}' must be {dtype}, got {array.dtype}", code="E803",
                              hint=f"convert with .astype(np.{dtype})")
@@ -199,7 +202,7 @@ class Predictor:
             # integer inputs index tables (embeddings): out of range they read out of bounds in native code
             low, high = self._bounds[index]
             bad = int(np.flatnonzero((array < low) | (array > high - 1))[0])  # high - 1 fits the dtype
-            shown_low, shown_high = spec["range"]
+            shown_low, shown_high = spec.range
             raise InputError(f"input '{name}': value {array.flat[bad]} at flat index {bad} is outside "
                              f"[{shown_low:g}, {shown_high:g})", code="E805",
                              hint="ids must index the model's tables; PyTorch raises IndexError for these")
@@ -208,7 +211,9 @@ class Predictor:
     # ---- execution ----------------------------------------------------------------------------
 
     def predict(self, *args, **kwargs) -> list[np.ndarray]:
-        """All outputs as a list of numpy arrays."""
+        """Every output as a list of numpy arrays in the order of `self.outputs`, whatever their
+        number (one output is a list of one): for code that handles any artifact alike (servers,
+        verification). Calling the predictor returns the model's own shape instead."""
         return (not kwargs and self._lean_call(args)) or self._checked_call(args, kwargs)
 
     def _checked_call(self, args, kwargs) -> list[np.ndarray]:
@@ -217,7 +222,7 @@ class Predictor:
         arrays = self._prepare(args, kwargs)
         if self.reject_nonfinite:
             for spec, array in zip(self.inputs, arrays):
-                check_finite(f"input '{spec['name']}'", array, "loaded with reject_nonfinite=True")
+                check_finite(f"input '{spec.name}'", array, "loaded with reject_nonfinite=True")
         functions = self._thread_functions()
         if not self.sizes:
             return self._run(functions[None], [self._device_tensor(i, a) for i, a in enumerate(arrays)])
@@ -310,8 +315,10 @@ class Predictor:
             tensors.append(tensor if tensor.data_ptr() % align == 0 else self._staged(len(tensors), array))
         return self._run(functions[first.shape[0]], tensors)
 
-    def __call__(self, *args, **kwargs):
-        """The output array, or a tuple of them for multi-output models."""
+    def __call__(self, *args, **kwargs) -> np.ndarray | tuple[np.ndarray, ...]:
+        """What calling the PyTorch model returns: its one output array, or for a model with several
+        outputs a tuple of arrays in the order of `self.outputs` (nested tuples, lists and dicts
+        flattened as the output names say: `hidden.0`). `predict` always returns a list."""
         outputs = (not kwargs and self._lean_call(args)) or self._checked_call(args, kwargs)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
@@ -357,18 +364,18 @@ def _load_cuda_runtime() -> None:
                                  "nvidia-cuda-runtime)") from None
 
 
-def check_gpu_arch(device, code: dict) -> None:
+def check_gpu_arch(device, code: DeviceCode | None) -> None:
     """Refuse a GPU that none of the embedded machine code (sm_XY runs on X.Y..X.9) or PTX
     (JIT-compiled by the driver for X.Y and newer) can run on."""
-    if not code.get("sass"):
+    if code is None or not code.sass:
         return
     major, minor = (int(x) for x in device.compute_version.split("."))
     numbers = lambda names: [int(re.search(r"\d+", n).group()) for n in names]  # noqa: E731  sm_90a -> 90
-    if any(n // 10 == major and n % 10 <= minor for n in numbers(code["sass"])) or any(
-            major * 10 + minor >= n for n in numbers(code.get("ptx", []))):
+    if any(n // 10 == major and n % 10 <= minor for n in numbers(code.sass)) or any(
+            major * 10 + minor >= n for n in numbers(code.ptx)):
         return
     raise ArtifactError(f"this GPU ({device.device_name}) is sm_{major}{minor}; the artifact holds code for "
-                        f"{', '.join(code['sass'] + code.get('ptx', []))}", code="E709",
+                        f"{', '.join(code.sass + code.ptx)}", code="E709",
                         hint="rebuild it for a target whose cuda_archs include this GPU")
 
 
@@ -399,16 +406,11 @@ def check_finite(where: str, array: np.ndarray, why: str) -> None:
         raise InputError(f"{where}: non-finite value {array.flat[bad]} at flat index {bad}; {why}", code="E806")
 
 
-def _checked_manifest(folder: Path, key: str | bytes | None = None) -> dict:
-    """The manifest, signature (with a key) and every file's hash checked, and the fields the
-    predictor reads present."""
-    manifest = artifact.verified_manifest(folder, key)
-    artifact.require(manifest, folder, inputs=list, outputs=list, target=dict, params=list, functions=dict)
-    target = manifest["target"]
-    if not all(isinstance(target.get(key), str) for key in ("name", "device", "arch")) or not all(
-            isinstance(spec, dict) and {"name", "shape", "dtype"} <= set(spec) for spec in manifest["inputs"]):
-        raise ArtifactError(f"{folder / artifact.MANIFEST}: malformed target or inputs", code="E701")
-    missing = [name for name in (artifact.LIBRARY, artifact.PARAMS) if name not in manifest["files"]]
+def _checked_manifest(folder: Path, key: str | bytes | None = None) -> Manifest:
+    """The typed manifest, its signature (with a key) and every file's hash checked, parsed once
+    here so that calls read attributes prepared at load."""
+    manifest = artifact.load_manifest(folder, key)
+    missing = [name for name in (artifact.LIBRARY, artifact.PARAMS) if name not in manifest.files]
     if missing:
         raise ArtifactError(f"{folder / artifact.MANIFEST} does not list {missing}", code="E701")
     return manifest

@@ -1,11 +1,11 @@
 """HTTP serving of one artifact: POST /predict, GET /health, GET /metadata, the KServe v2 protocol
-under /v2 (serving/v2.py) and Prometheus metrics at GET /metrics (serving/metrics.py).
+under /v2 (kserve_v2.py) and Prometheus metrics at GET /metrics (server_metrics.py).
 
 Built on Starlette + uvicorn rather than http.server: HTTP parsing, keep-alive, header limits and
 concurrent connections are a server library's job. This module reads bodies and runs the predictor;
 a protocol is a codec (decode, encode, error) that Service.run takes, so both protocols share the
-body limits, the Decoder's checks (serving/codec.py), the predictor pool and micro-batching.
-It imports the runtime side only (no torch, no compiler), like runtime.py.
+body limits, the Decoder's checks (codec.py), the predictor pool and micro-batching.
+It imports the runtime side only (no torch, no compiler), like predictor.py.
 """
 from __future__ import annotations
 
@@ -25,12 +25,20 @@ import numpy as np
 
 from accelc import __version__
 from accelc.runtime import predictor as runtime
-from accelc.errors import AccelcError, InputError
-from accelc.runtime import kserve_v2 as v2  # before the server libraries: one coded error (E510) when the `serve` extra is missing
+from accelc.errors import AccelcError, InputError, ToolchainError
+
+try:  # the server libraries are the `serve` extra: the runtime alone does not need them
+    import prometheus_client  # noqa: F401
+    import starlette  # noqa: F401
+    import uvicorn
+except ImportError as exc:
+    raise ToolchainError(f"`accelc serve` needs starlette, uvicorn and prometheus-client ({exc.name} is not "
+                         "installed)", code="E510", hint="pip install 'accelc[serve]'") from None
+
+from accelc.runtime import kserve_v2 as v2  # noqa: E402
 from accelc.runtime.codec import STATUS, Decoder, jsonable
 from accelc.runtime.server_metrics import UNMATCHED, ServeMetrics
 
-import uvicorn  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.exceptions import HTTPException  # noqa: E402
 from starlette.requests import ClientDisconnect, Request  # noqa: E402
@@ -41,6 +49,7 @@ __all__ = ["STATUS", "Decoder", "ServeOptions", "Service", "bind", "create_app",
 
 # uvicorn's own logger: our lines go where the server's go, at the level `--log-level` sets
 LOG = logging.getLogger("uvicorn.error")
+_ACCELC_LOG = logging.getLogger(__name__)  # the start-up line: accelc's, shown by the CLI like a build's progress
 INLINE_BYTES = 16 << 10  # bodies up to this size are decoded on the event loop (faster than a thread hop)
 ASYNCIO_TIMEOUT = hasattr(asyncio, "timeout")  # Python 3.11+
 
@@ -232,7 +241,7 @@ class Service:
         largest = predictor.sizes[-1] if predictor.sizes else 1
         self.max_rows = options.max_batch_rows or largest
         self.decoder = Decoder(predictor.inputs, self.max_rows, options.reject_nonfinite)
-        self.output_names = [spec["name"] for spec in predictor.outputs]
+        self.output_names = [spec.name for spec in predictor.outputs]
         self.json = JsonCodec(self.decoder, self.output_names)
         self._rows_from = next((i for i, spec in enumerate(self.decoder.inputs) if spec.batched), None)
         self.metrics = ServeMetrics(predictor.manifest, self.max_rows, __version__)
@@ -241,7 +250,7 @@ class Service:
         self._lock = threading.Lock()
         self.batcher = None
         if options.micro_batch_ms:
-            batched = [s["shape"][:1] == ["batch"] for s in (*predictor.inputs, *predictor.outputs)]
+            batched = [s.batched for s in (*predictor.inputs, *predictor.outputs)]
             if not all(batched):
                 raise InputError("micro-batching needs a batch dimension on every input and output",
                                  code="E804", hint="serve without --micro-batch-ms")
@@ -295,7 +304,7 @@ class Service:
         return codec.encode(outputs, context) if small else await self.offload(codec.encode, outputs, context)
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "name": self.predictor.manifest.get("name"),
+        return JSONResponse({"status": "ok", "name": self.predictor.manifest.name,
                              "requests": self.requests, "predictor_calls": self.calls})
 
     async def describe(self, request: Request) -> Response:
@@ -308,14 +317,15 @@ class Service:
 def _metadata(predictor, options: ServeOptions, max_rows: int, micro_batching: bool) -> dict:
     """What a client needs to call the model, from the manifest, and the server's limits."""
     manifest = predictor.manifest
-    verification = manifest.get("verification") if isinstance(manifest.get("verification"), dict) else {}
-    target = manifest["target"]
-    return {"name": manifest.get("name"), "accelc": manifest.get("accelc"),
-            "target": {key: target.get(key) for key in ("name", "device", "arch", "cpu_features")},
-            "inputs": predictor.inputs, "outputs": predictor.outputs, "batch_sizes": predictor.sizes,
-            "verification": {"verified": manifest.get("verified") is True, "status": verification.get("status"),
-                             **({"metric": verification["metric"]} if "metric" in verification else {})},
-            "recipe_sha256": (manifest.get("recipe") or {}).get("sha256"), "versions": manifest.get("versions"),
+    verification, target = manifest.verification, manifest.target
+    return {"name": manifest.name, "accelc": manifest.accelc,
+            "target": {"name": target.name, "device": target.device, "arch": target.arch,
+                       "cpu_features": list(target.cpu_features)},
+            "inputs": [spec.to_json() for spec in predictor.inputs],
+            "outputs": [spec.to_json() for spec in predictor.outputs], "batch_sizes": predictor.sizes,
+            "verification": {"verified": manifest.verified, "status": verification.status,
+                             **({"metric": verification.metric.to_json()} if verification.metric else {})},
+            "recipe_sha256": manifest.recipe.sha256, "versions": manifest.versions.to_json(),
             "serving": {**asdict(options), "max_batch_rows": max_rows, "micro_batching": micro_batching,
                         "nonfinite": "rejected" if options.reject_nonfinite else "accepted (null = NaN)"}}
 
@@ -389,15 +399,16 @@ def _import_tvm_runtime_only() -> None:
 
 
 def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, options: ServeOptions | None = None,
-          log=print, log_level: str = "info") -> None:
-    """Load the artifact (hashes and CPU checked), listen, and serve until SIGINT/SIGTERM."""
+          log_level: str = "info") -> None:
+    """Load the artifact (hashes and CPU checked), listen, and serve until SIGINT/SIGTERM. The
+    address (with the port chosen when `port` is 0) is logged at INFO before the first request."""
     _import_tvm_runtime_only()
     predictor = runtime.load(path)
     app = create_app(predictor, options)
     sock = bind(host, port)
     address = sock.getsockname()
     shown = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL is bracketed
-    log(f"serving {predictor.manifest.get('name')} from {path} on http://{shown}:{address[1]} ({ENDPOINTS})")
+    _ACCELC_LOG.info(f"serving {predictor.manifest.name} from {path} on http://{shown}:{address[1]} ({ENDPOINTS})")
     try:
         server(app, log_level).run(sockets=[sock])
     except KeyboardInterrupt:  # Ctrl-C after uvicorn's graceful shutdown: a normal stop

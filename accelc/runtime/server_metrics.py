@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.requests import Request
 from starlette.responses import Response
 
+from accelc.artifact.manifest import Manifest
+
 # Seconds: a batch-1 call on the CPU takes ~0.1-5 ms; the top buckets catch queueing under load.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNMATCHED = "unmatched"  # the endpoint label of a request no route took (404, 405)
@@ -25,7 +27,7 @@ def row_buckets(max_rows: int) -> tuple[float, ...]:
 class ServeMetrics:
     """The counters of one app: requests, latencies, batch rows per predictor call, requests in flight."""
 
-    def __init__(self, manifest: dict, max_rows: int, accelc_version: str):
+    def __init__(self, manifest: Manifest, max_rows: int, accelc_version: str):
         self.registry = registry = CollectorRegistry()
         self.requests = Counter("accelc_requests", "HTTP requests answered, by endpoint (the route's path), status "
                                 "class (2xx, 4xx, 5xx) and accelc error code ('' when none)",
@@ -37,10 +39,9 @@ class ServeMetrics:
                               "count as one call)", buckets=row_buckets(max_rows), registry=registry)
         self.in_flight = Gauge("accelc_requests_in_flight", "Requests being answered now (/metrics excluded)",
                                registry=registry)
-        target = manifest.get("target") or {}
         Info("accelc_model", "The served artifact", registry=registry).info({
-            "name": str(manifest.get("name")), "target": str(target.get("name")),
-            "device": str(target.get("device")), "built_by_accelc": str(manifest.get("accelc")),
+            "name": manifest.name, "target": manifest.target.name,
+            "device": manifest.target.device, "built_by_accelc": manifest.accelc,
             "accelc_version": accelc_version})
 
     def instrument(self, endpoint: str, handler):

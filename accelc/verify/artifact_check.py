@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from accelc.artifact import store as artifact
+from accelc.artifact.manifest import Manifest
 from accelc.capture import export as capture
 from accelc.config import recipe as recipe_mod
 from accelc.verify import compare as verify
@@ -12,19 +13,16 @@ from accelc.config import yamlio
 from accelc.errors import ArtifactError
 
 
-def stored_recipe(folder: Path, manifest: dict, samples: int | None = None) -> recipe_mod.LoadedRecipe:
+def stored_recipe(folder: Path, manifest: Manifest, samples: int | None = None) -> recipe_mod.LoadedRecipe:
     """The recipe an artifact was built from, as stored in its manifest (not the file as it is now)."""
-    artifact.require(manifest, folder, recipe=dict, target=dict, outputs=list)
-    stored = manifest["recipe"]
-    if not (isinstance(stored.get("path"), str) and isinstance(stored.get("text"), str)):
-        raise ArtifactError(f"{folder}: the manifest does not hold the recipe's path and text", code="E701")
-    path = Path(stored["path"])
-    located = yamlio.load_text(stored["text"], f"{path} (as stored in the manifest)")
+    stored = manifest.recipe
+    path = Path(stored.path)
+    located = yamlio.load_text(stored.text, f"{path} (as stored in the manifest)")
     recipe = recipe_mod.parse(located)
     if samples is not None:
         recipe = recipe.model_copy(update={"verify": recipe.verify.model_copy(update={"samples": samples})})
     loaded = recipe_mod.LoadedRecipe(recipe=recipe, path=path, root=recipe_mod.find_root(path),
-                                     text=stored["text"], located=located)
+                                     text=stored.text, located=located)
     if not loaded.root.is_dir():
         raise ArtifactError(f"the recipe's repository {loaded.root} is not here; the original model is needed",
                             code="E705")
@@ -32,21 +30,20 @@ def stored_recipe(folder: Path, manifest: dict, samples: int | None = None) -> r
 
 
 def reverify(folder: Path, samples: int | None = None) -> dict:
-    manifest = artifact.read_manifest(folder)
-    artifact.check_files(folder, manifest)
+    manifest = artifact.load_manifest(folder)
     loaded = stored_recipe(folder, manifest, samples)
-    target = manifest["target"]
+    target = manifest.target
     from accelc.config import host_cpu as host
-    ok, why = host.can_run(target.get("device"), target.get("arch"), target.get("cpu_features", []))
+    ok, why = host.can_run(target.device, target.arch, target.cpu_features)
     if not ok:
-        return verify.skipped(f"target '{target.get('name')}' cannot run on this machine: {why}")
+        return verify.skipped(f"target '{target.name}' cannot run on this machine: {why}")
     recipe = loaded.recipe
     from accelc.runtime import predictor as runtime
     from accelc.compile import sample_sets
     model = capture.build_model(loaded)
     predictor = runtime.load(folder)
-    names = [o["name"] for o in manifest["outputs"]]
-    ranges = {spec["name"]: spec["range"] for spec in predictor.inputs if "range" in spec}  # as the build drew ids
+    names = [o.name for o in manifest.outputs]
+    ranges = {spec.name: spec.range for spec in manifest.inputs if spec.range is not None}  # as the build drew ids
     return verify.verify(lambda arrays: predictor.predict(*arrays),
                          capture.eager_runner(model, recipe.model.inputs, recipe.model.batch),
                          sample_sets(loaded, ranges), recipe.verify.tolerance.atol, recipe.verify.tolerance.rtol, names)
