@@ -2,31 +2,39 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from accelc import __version__
+from accelc import __version__, logs
 from accelc.artifact import store as artifact
+from accelc.artifact.manifest import (BATCH, PENDING, BuildCache, DeviceCode, Manifest, PassReport, RecipeSource,
+                                      Repair, TargetInfo, TensorSpec, Tuning, Verification, Versions)
 from accelc.capture import export as capture
 from accelc.verify import gate_data as data
 from accelc.capture import index_bounds
 from accelc.verify import metrics
-from accelc.config import recipe as recipe_mod
-from accelc.config import targets
+from accelc.config import resolve
+from accelc.config.recipe import Recipe
+from accelc.config.targets import Target
 from accelc.verify import compare as verify
 from accelc.artifact import cache as build_cache
 from accelc.errors import TuningError, VerificationError
 
+_LOG = logging.getLogger(__name__)
+
 
 @dataclass
 class BuildResult:
+    """What `accelc.build` made: the artifact directory, its manifest, the verification report and
+    seconds per stage."""
+
     output: Path
-    manifest: dict
+    manifest: Manifest
     report: dict
     timings: dict = field(default_factory=dict)
 
@@ -34,7 +42,7 @@ class BuildResult:
 class Progress:
     """Numbered stage lines with timings: long steps announce themselves."""
 
-    def __init__(self, log: Callable[[str], None], total: int):
+    def __init__(self, log: logs.Logger, total: int):
         self.log, self.total, self.step, self.timings = log, total, 0, {}
         self._name, self._start = None, 0.0
 
@@ -42,7 +50,7 @@ class Progress:
         self.done()
         self.step += 1
         self._name, self._start = name, time.perf_counter()
-        self.log(f"[{self.step}/{self.total}] {name} ...")
+        self.log.info(f"[{self.step}/{self.total}] {name} ...")
 
     def done(self) -> None:
         if self._name:
@@ -50,24 +58,30 @@ class Progress:
             self._name = None
 
 
-def build(recipe_path, target: str | None = None, output: str | Path | None = None,
-          log: Callable[[str], None] = print, use_cache: bool = False) -> BuildResult:
-    """Recipe -> verified artifact directory. Raises a coded AccelcError for user mistakes.
-    With `use_cache` (the CLI's default), inputs built and verified before give the cached artifact
-    without any work (cache.py)."""
+def build(recipe: str | Path | Recipe, target: str | Target | None = None, *, output: str | Path | None = None,
+          cache: bool = False, logger: logs.Logger | None = None) -> BuildResult:
+    """Recipe (a YAML file or a Recipe object) -> verified artifact directory.
+
+    `target` (a name, an alias or a Target) wins over the recipe's; `output` over its `output:`.
+    With `cache` (the CLI's default), inputs built and verified before give the cached artifact
+    without any work (artifact/cache.py). Progress goes to `logger` (default: accelc's module
+    loggers) as logging records; nothing is printed. Raises a coded AccelcError for user mistakes,
+    VerificationError when the artifact does not match the model (nothing is written then)."""
+    log = logger or _LOG
     stage = Progress(log, 6)
-    loaded, spec = _load(recipe_path, target, stage)
+    loaded, spec = _load(recipe, target, stage)
     recipe = loaded.recipe
     spec.check_toolchain()
     out = Path(output) if output else loaded.resolve(recipe.output.format(name=recipe.name, target=spec.name),
                                                           "output")
-    keys = [build_cache.key(loaded, spec)] if use_cache else []
-    cached = build_cache.fetch(keys, out, loaded, log) if keys else None
+    keys = [build_cache.key(loaded, spec)] if cache else []
+    cached = build_cache.fetch(keys, out, loaded, logger=logger) if keys else None
     if cached is not None:
         stage.done()
-        log(verify.format_report(cached["verification"]))
-        log(f"artifact: {out} (verified, from the build cache)")
-        return BuildResult(out, cached, cached["verification"], stage.timings)
+        report = cached.verification.to_json()
+        log.info(verify.format_report(report))
+        log.info(f"artifact: {out} (verified, from the build cache)")
+        return BuildResult(out, cached, report, stage.timings)
     if recipe.tuning.enabled:
         _check_tuning(loaded, spec)
     validation = data.validation_data(loaded) if recipe.verify.metric else None  # bad data fails before work
@@ -75,51 +89,47 @@ def build(recipe_path, target: str | None = None, output: str | Path | None = No
 
     from accelc.backends.tvm.lower import relax as lower  # the compiler side: imported only when building
 
-    captured, graph, pass_reports, programs, lowered = _lower(loaded, spec, stage, log, "and compiling ")
+    captured, graph, pass_reports, programs, lowered = _lower(loaded, spec, stage, logger, "and compiling ")
     tvm_target, tuning, database = spec.tvm_target(), {"trials": 0}, None
     if recipe.tuning.enabled:  # only kernels without records are tuned: a rebuild never pays twice
-        tvm_target, tuning, database = _tune(loaded, spec, lowered, log, mode="missing")
+        tvm_target, tuning, database = _tune(loaded, spec, lowered, logger, mode="missing")
         keys = list(dict.fromkeys([*keys, build_cache.key(loaded, spec)])) if keys else keys  # + new records
     executable = lower.compile_module(lowered, tvm_target, database, spec.cuda_archs)
     stage("writing the artifact")
     with artifact.staging(out) as tmp:
         device_code = lower.export_library(executable, tmp / artifact.LIBRARY, spec)  # CUDA: what is embedded
         lower.save_params(lowered.params, tmp / artifact.PARAMS)
-        manifest = {**_manifest(loaded, spec, captured, programs, lowered, pass_reports), "tuning": tuning,
-                    **({"device_code": device_code} if device_code else {}),
-                    **({"cache": {"keys": keys}} if keys else {})}
+        manifest = _manifest(loaded, spec, captured, programs, lowered, pass_reports, tuning, device_code, keys)
         if device_code:
-            log(f"device code: {device_code['format']} with machine code for {', '.join(device_code['sass'])} "
-                f"(+ PTX {', '.join(device_code['ptx'])}), nvcc {device_code['cuda']}; no CUDA source embedded")
-        artifact.write_manifest(tmp, {**manifest, "verification": {"status": "pending"}})
+            log.info(f"device code: {device_code['format']} with machine code for {', '.join(device_code['sass'])} "
+                     f"(+ PTX {', '.join(device_code['ptx'])}), nvcc {device_code['cuda']}; no CUDA source embedded")
+        artifact.write_manifest(tmp, manifest)  # verification pending: the runtime loads it to verify
         stage("verifying the artifact")
         report = _verify(loaded, spec, captured, graph if pass_reports else None, tmp, validation,
                          lowered.input_ranges)
-        manifest = artifact.write_manifest(tmp, {**manifest, "verification": report,
-                                                 "verified": report["status"] == "passed"})
-        log(verify.format_report(report))
+        manifest = artifact.write_manifest(tmp, manifest.with_verification(Verification.parse(report)))
+        log.info(verify.format_report(report))
         if report.get("runner"):
-            log(f"  (ran under {report['runner']})")
+            log.info(f"  (ran under {report['runner']})")
         if report["status"] == "failed":
             raise VerificationError(f"{_failure(report)}; nothing was written to {out}", code="E600")
     stage.done()
-    if keys and manifest["verified"]:  # an unverified build (no emulator yet) is not worth keeping
-        build_cache.store(keys, out, loaded, log)
-    log(f"artifact: {out} ({'verified' if manifest['verified'] else 'NOT verified'})")
+    if keys and manifest.verified:  # an unverified build (no emulator yet) is not worth keeping
+        build_cache.store(keys, out, loaded, logger=logger)
+    if manifest.verified:
+        log.info(f"artifact: {out} (verified)")
+    else:  # written, but nobody has checked it yet: the user has to, elsewhere
+        log.warning(f"artifact: {out} (NOT verified)")
     return BuildResult(out, manifest, report, stage.timings)
 
 
-def _load(recipe_path, target: str | None, stage):
-    """The recipe and its target (--target wins over the recipe's), checked against each other."""
+def _load(recipe: resolve.RecipeLike, target: str | Target | None, stage):
+    """The recipe and its target (an explicit one wins over the recipe's), checked against each other."""
     stage("loading recipe and target")
-    loaded = recipe_mod.load(recipe_path)
-    spec = targets.resolve(target or loaded.recipe.target, loaded.root,
-                           None if target else loaded.where("target"))
-    targets.check_compatible(spec, loaded.recipe, loaded.where)
-    return loaded, spec
+    return resolve.recipe_and_target(recipe, target)
 
 
-def _lower(loaded, spec, stage, log, also: str = ""):
+def _lower(loaded, spec, stage, logger: logs.Logger | None, also: str = ""):
     """Capture, passes and Relax: what a build and `accelc tune` share, so both see the same kernels."""
     from accelc.backends.tvm.lower import relax as lower
     from accelc.passes import PassContext, run_passes
@@ -128,7 +138,7 @@ def _lower(loaded, spec, stage, log, also: str = ""):
     captured = capture.capture(loaded)
     stage(f"running {len(recipe.passes)} pass(es)")
     graph, pass_reports = run_passes(captured.graph, list(recipe.passes),
-                                     PassContext(captured.example_inputs, loaded, log))
+                                     PassContext(captured.example_inputs, loaded, logger, target=spec))
     stage(f"lowering to Relax {also}for {spec.name}")
     from accelc.backends.tvm.lower import repairs
     repaired = repairs.repair_graph(graph)  # before re-export: faults of torch.export and TVM worked around
@@ -145,9 +155,9 @@ def _lower(loaded, spec, stage, log, also: str = ""):
     lowered = lower.to_relax(programs, spec.tvm_target())
     lowered.repairs[:0] = repaired
     lowered.input_ranges = bounds.ranges
-    for applied in lowered.repairs:
-        log(f"  repair {applied['repair']}: {len(applied['nodes'])} node(s) ({', '.join(applied['nodes'][:4])}"
-            f"{', ...' if len(applied['nodes']) > 4 else ''})")
+    for applied in lowered.repairs:  # a detail: the manifest lists them too
+        (logger or _LOG).debug(f"  repair {applied['repair']}: {len(applied['nodes'])} node(s) "
+                               f"({', '.join(applied['nodes'][:4])}{', ...' if len(applied['nodes']) > 4 else ''})")
     return captured, graph, pass_reports, programs, lowered
 
 
@@ -161,29 +171,30 @@ def _check_tuning(loaded, spec) -> None:
     tune.check_runner(section, spec.runs_here(), loaded.where)
 
 
-def _tune(loaded, spec, lowered, log, mode: str):
+def _tune(loaded, spec, lowered, logger: logs.Logger | None, mode: str):
     """(tuning target, summary, database): the build compiles for the target the records are for."""
     from accelc.backends.tvm.tune import driver as tune
     section = loaded.recipe.tuning
     target = tune.tuning_target(spec.tvm_target(), section.threads, loaded.where("tuning"))
     summary, database = tune.tune(lowered.mod, target, loaded.resolve(section.database, "tuning", "database"),
-                                  section, mode=mode, runs_here=spec.runs_here(), where=loaded.where, log=log)
-    log(tune.format_summary(summary))
+                                  section, mode=mode, runs_here=spec.runs_here(), where=loaded.where, logger=logger)
+    (logger or _LOG).info(tune.format_summary(summary))
     return target, summary, database
 
 
-def tune_recipe(recipe_path, target: str | None = None, resume: bool = False,
-                log: Callable[[str], None] = print) -> dict:
-    """`accelc tune`: the kernels a build of the recipe would compile, tuned into the database;
-    no artifact. `resume` tops kernels up to their budget instead of spending it all again."""
-    stage = Progress(log, 4)
-    loaded, spec = _load(recipe_path, target, stage)
+def tune_recipe(recipe: str | Path | Recipe, target: str | Target | None = None, *, resume: bool = False,
+                logger: logs.Logger | None = None) -> dict:
+    """`accelc tune` (`accelc.tune`): the kernels a build of the recipe would compile, tuned into the
+    recipe's tuning database; no artifact. `resume` tops kernels up to their budget instead of
+    spending it all again. Returns the tuning summary; progress goes to `logger` as in `build`."""
+    stage = Progress(logger or _LOG, 4)
+    loaded, spec = _load(recipe, target, stage)
     if not loaded.recipe.tuning.enabled:
         raise TuningError("the recipe sets no tuning budget", code="E616", location=loaded.where("tuning"),
                           field="tuning", hint="set tuning.trials, tuning.per_task or tuning.time_budget")
     _check_tuning(loaded, spec)
-    lowered = _lower(loaded, spec, stage, log, "and tuning ")[-1]
-    summary = _tune(loaded, spec, lowered, log, "resume" if resume else "fresh")[1]
+    lowered = _lower(loaded, spec, stage, logger, "and tuning ")[-1]
+    summary = _tune(loaded, spec, lowered, logger, "resume" if resume else "fresh")[1]
     stage.done()
     return summary
 
@@ -271,38 +282,38 @@ def sample_sets(loaded, ranges: dict | None = None) -> list[tuple[int, list]]:
     return sets
 
 
-def _manifest(loaded, spec, captured: capture.Captured, programs, lowered, pass_reports) -> dict:
+def _manifest(loaded, spec, captured: capture.Captured, programs, lowered, pass_reports: list[dict], tuning: dict,
+              device_code: dict | None, keys: list[str]) -> Manifest:
+    """The artifact's manifest, its verification pending."""
     import torch
     import tvm
 
     from accelc.backends.tvm.lower import relax as lower
-    recipe = loaded.recipe
+    recipe, ranges = loaded.recipe, lowered.input_ranges
     reference = capture.run_eager(captured.model, [t.numpy() for t in captured.example_inputs])
     batch = captured.example_inputs[0].shape[0] if captured.example_inputs else 1
-    return {
-        "accelc": __version__,
-        "name": recipe.name,
-        "recipe": {"path": str(loaded.path), "sha256": hashlib.sha256(loaded.text.encode()).hexdigest(),
-                   "text": loaded.text},
-        "target": {"name": spec.name, "tvm": spec.tvm, "host": spec.host, "device": spec.device, "arch": spec.arch,
-                   "cpu_features": spec.cpu_features, "cuda_archs": spec.cuda_archs},
-        "batch": recipe.model.batch,
-        "inputs": [{"name": s.name, "shape": s.shape, "dtype": s.dtype,
-                    **({"columns": s.columns} if s.columns else {}), **({"units": s.units} if s.units else {}),
-                    **({"range": list(lowered.input_ranges[s.name])} if s.name in lowered.input_ranges else {}),
-                    **({"unaligned": True} if i in lowered.unaligned_inputs else {})}  # no 64-byte copy needed
-                   for i, s in enumerate(recipe.model.inputs)],
-        "outputs": [{"name": n, "shape": ["batch" if i == 0 and r.ndim and r.shape[0] == batch else d
-                                          for i, d in enumerate(r.shape)], "dtype": str(r.dtype)}
-                    for n, r in zip(captured.output_names, reference)],
-        "functions": {str(b): lower.function_name(b) for b in programs},
-        "params": list(lowered.params),
-        "param_bytes": int(sum(p.nbytes for p in lowered.params.values())),
-        "passes": pass_reports,
-        "repairs": lowered.repairs,
-        "versions": {"accelc": __version__, "torch": torch.__version__, "tvm": tvm.__version__,
-                     "llvm": _llvm_version(), "python": platform.python_version(), "numpy": np.__version__},
-    }
+    inputs = tuple(TensorSpec(s.name, tuple(s.shape), s.dtype, tuple(ranges[s.name]) if s.name in ranges else None,
+                              tuple(s.columns) if s.columns else None, tuple(s.units) if s.units else None,
+                              unaligned=i in lowered.unaligned_inputs)  # unaligned: no 64-byte copy needed
+                   for i, s in enumerate(recipe.model.inputs))
+    outputs = tuple(TensorSpec(n, tuple(BATCH if i == 0 and r.ndim and r.shape[0] == batch else d
+                                        for i, d in enumerate(r.shape)), str(r.dtype))
+                    for n, r in zip(captured.output_names, reference))
+    return Manifest(
+        accelc=__version__, name=recipe.name,
+        recipe=RecipeSource(str(loaded.path), hashlib.sha256(loaded.text.encode()).hexdigest(), loaded.text),
+        target=TargetInfo(spec.name, spec.tvm, spec.host, spec.device, spec.arch, tuple(spec.cpu_features),
+                          tuple(spec.cuda_archs)),
+        batch=tuple(recipe.model.batch), inputs=inputs, outputs=outputs,
+        functions={str(b): lower.function_name(b) for b in programs}, params=tuple(lowered.params),
+        param_bytes=int(sum(p.nbytes for p in lowered.params.values())),
+        passes=tuple(PassReport.parse(r, f"passes[{i}]") for i, r in enumerate(pass_reports)),
+        repairs=tuple(Repair.parse(r, f"repairs[{i}]") for i, r in enumerate(lowered.repairs)),
+        versions=Versions(__version__, str(torch.__version__), tvm.__version__, _llvm_version(),
+                          platform.python_version(), np.__version__),
+        tuning=Tuning.parse(tuning, "tuning"), verification=PENDING, verified=False,
+        device_code=DeviceCode.parse(device_code, "device_code") if device_code else None,
+        cache=BuildCache(tuple(keys)) if keys else None)
 
 
 def _llvm_version() -> str | None:

@@ -3,8 +3,10 @@ as a coded error without a traceback, and the validate/schema/targets/inspect/ve
 from __future__ import annotations
 
 import fcntl
+import ast
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -224,7 +227,7 @@ def test_output_under_a_file_fails_before_any_work(tmp_path, capsys):
                            capsys)
         assert rc == 2 and "error[E703]" in err and "Traceback" not in out + err
         assert f"{repo / 'afile'} is not a directory" in err
-        assert "capturing" not in out  # refused at step 1, before the model is even loaded
+        assert "[1/6] loading" in err and "capturing" not in err  # refused at step 1, before the model is loaded
     assert (repo / "afile").read_text() == "mine"
 
 
@@ -236,7 +239,7 @@ def test_output_where_we_cannot_write_fails_before_any_work(tmp_path, capsys, mo
     rc, out, err = cli(["build", write_recipe(repo, TINY_RECIPE), "--output", repo / "locked" / "a" / "b",
                         "--no-cache"], capsys)
     assert rc == 2 and "error[E703]" in err and "permission denied" in err and "Traceback" not in err
-    assert "capturing" not in out and not (repo / "locked" / "a").exists()
+    assert "capturing" not in err and not (repo / "locked" / "a").exists()
 
 
 def test_inspect(capsys):
@@ -257,6 +260,11 @@ def test_inspect_refuses_a_tampered_artifact(tmp_path, capsys):
     (copy / "extra.txt").write_text("x")
     assert "unexpected file extra.txt" in assert_cli_user_error(["inspect", copy], capsys, "E702")
     (copy / "extra.txt").unlink()
+    manifest = json.loads((copy / artifact.MANIFEST).read_text())
+    manifest["inputs"][0]["dtype"] = "float"
+    (copy / artifact.MANIFEST).write_text(json.dumps(manifest))
+    err = assert_cli_user_error(["inspect", copy], capsys, "E701")
+    assert f"{copy / artifact.MANIFEST}: inputs[0].dtype: unknown dtype 'float'" in err
     (copy / artifact.MANIFEST).write_text("[")
     assert_cli_user_error(["inspect", copy], capsys, "E701")
     assert_cli_user_error(["inspect", tmp_path / "none"], capsys, "E700")
@@ -294,7 +302,8 @@ def test_verification_failure_exits_1_and_writes_nothing(tmp_path, capsys):
     for output in (tmp_path / "fresh", previous):
         rc, out, err = cli(["build", path, "--output", output], capsys)
         assert rc == 1, err
-        assert "FAIL" in out and "FAILED" in out and "error[E600]" in err and "Traceback" not in err
+        assert "FAILED" in err and "error[E600]" in err and "Traceback" not in err
+        assert out == ""  # progress and the report are on stderr; a build prints no result on stdout
     assert not (tmp_path / "fresh").exists()
     assert {p.name: p.read_bytes() for p in previous.iterdir()} == before  # the old artifact is untouched
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
@@ -308,3 +317,77 @@ def test_a_bug_exits_3_with_a_traceback(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(recipe, "load", broken)
     rc, _, err = cli(["validate", write_recipe(tmp_path, TINY_RECIPE)], capsys)
     assert rc == 3 and "Traceback" in err and "ZeroDivisionError" in err and "bug in accelc" in err
+
+
+# ---- the console: the library's logging records on stderr, -v / -q, ticks on a terminal only ------
+
+@pytest.mark.parametrize("argv, verbosity", [(["validate", "r.yaml"], 0), (["-q", "validate", "r.yaml"], -1),
+                                             (["validate", "r.yaml", "-v"], 1), (["-v", "build", "r.yaml"], 1),
+                                             (["build", "r.yaml", "--quiet"], -1)])
+def test_verbosity_before_or_after_the_command(argv, verbosity):
+    from accelc.cli.main import parser
+    assert parser().parse_args(argv).verbosity == verbosity
+
+
+def test_the_console_shows_info_by_default_debug_with_v_and_warnings_only_with_q(capsys):
+    from accelc.cli import common
+    log = logging.getLogger("accelc.tests.console")
+    for verbosity, shown in ((-1, ["  warning: w"]), (0, ["i", "  warning: w"]), (1, ["d", "i", "  warning: w"])):
+        with common.console(verbosity):
+            log.debug("d")
+            log.info("i")
+            log.warning("  w")  # the message's own indentation stays in front
+        assert capsys.readouterr() == ("", "".join(f"{line}\n" for line in shown))
+
+
+def test_progress_ticks_reach_a_terminal_only(capsys, monkeypatch):
+    """Tuning's line per measured batch is a tick: shown on a terminal, left out of a CI log."""
+    from accelc.backends.tvm.tune import metaschedule
+    from accelc.cli import common
+    progress = metaschedule.Progress(["dense"], None, logging.getLogger("accelc.backends.tvm.tune.metaschedule"))
+    for terminal in (False, True):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+        with common.console(0):
+            progress.record(0, [SimpleNamespace(error_msg=None, run_secs=[2e-6])], 1)
+        err = capsys.readouterr().err
+        assert ("1/1 kernels done, " in err and "dense: best 2.00 us after" in err) == terminal, err
+
+
+def test_quiet_keeps_errors_and_drops_progress(tmp_path, capsys):
+    repo = make_repo(tmp_path)
+    (repo / "afile").write_text("mine")
+    argv = ["build", write_recipe(repo, TINY_RECIPE), "--output", repo / "afile" / "sub"]
+    _, _, err = cli(argv, capsys)
+    assert "[1/6] loading recipe and target ..." in err
+    rc, out, err = cli(["-q", *argv], capsys)
+    assert rc == 2 and out == "" and err.startswith("error[E703]") and "[1/6]" not in err
+
+
+def test_the_cli_leaves_logging_as_it_found_it(tmp_path, capsys):
+    """main() may run many times in one process (tests, notebooks): its handler goes when it returns,
+    and a library user who configured nothing sees nothing afterwards."""
+    logger = logging.getLogger("accelc")
+    before = (logger.level, list(logger.handlers))
+    cli(["-v", "validate", write_recipe(make_repo(tmp_path), TINY_RECIPE)], capsys)
+    assert (logger.level, logger.handlers) == before
+    logging.getLogger("accelc.compile").warning("after the command")
+    assert capsys.readouterr() == ("", "")
+
+
+def test_json_commands_print_only_json_on_stdout(capsys):
+    rc, out, _ = cli(["doctor", "--json", "-v"], capsys)
+    assert rc == 0 and {row["target"] for row in json.loads(out)} >= {"x86", "aarch64"}
+
+
+def test_the_library_never_imports_the_cli():
+    """The CLI calls the library; the library does not print, parse arguments or reach back."""
+    package = ROOT / "accelc"
+    for path in sorted(package.rglob("*.py")):
+        if path.parts[len(package.parts)] in ("cli", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "accelc.cli" or n.startswith("accelc.cli.") for n in names), path
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
+                assert path.name == "__main__.py", f"{path}:{node.lineno} prints; log instead"

@@ -4,6 +4,7 @@ installed are skipped with a note."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import time
@@ -12,6 +13,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from accelc import logs
+
+_LOG = logging.getLogger(__name__)
 
 
 def time_calls(fn: Callable, calls: int = 2000, warmup: int = 100, budget_s: float = 20.0) -> dict:
@@ -139,8 +144,10 @@ def _quiet():
 
 
 def compare(model, inputs: list[np.ndarray], systems: dict[str, Callable], threads: int, calls: int = 2000,
-            peers: bool = True, rounds: int = 5) -> list[dict]:
+            peers: bool = True, rounds: int = 5, warmup: int = 100) -> list[dict]:
     """Rows of {system, p50_us, p99_us, gflops, bound_pct} (or a skip note), same inputs for all.
+    Each system gets `warmup` untimed calls before its first round and up to 10 before the others
+    (full-size models take ~1 s a call: benchmarks/models.py asks for fewer).
     Systems take turns: `rounds` rounds of calls / rounds calls each, reporting the median of the
     rounds' p50 and p99, so that a busy neighbour on a shared machine slows every system alike
     instead of whichever ran while it was busy. Each round starts one system later than the last:
@@ -155,7 +162,8 @@ def compare(model, inputs: list[np.ndarray], systems: dict[str, Callable], threa
     names = list(runnable)
     for round_ in range(rounds):
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-            timings[name].append(time_calls(runnable[name], max(1, calls // rounds), warmup=100 if round_ == 0 else 10))
+            first = warmup if round_ == 0 else min(10, warmup)
+            timings[name].append(time_calls(runnable[name], max(1, calls // rounds), warmup=first))
     rows = []
     for name, fn in candidates.items():
         if isinstance(fn, str):
@@ -172,6 +180,10 @@ def compare(model, inputs: list[np.ndarray], systems: dict[str, Callable], threa
     return rows
 
 
+def title(name: str, batch: int | str, threads: int) -> str:
+    return f"\n{name} batch {batch}, {threads} thread(s), numpy in / numpy out"
+
+
 def format_rows(rows: list[dict], title: str) -> str:
     lines = [title, f"  {'system':<22} {'p50 us':>10} {'p99 us':>10} {'GFLOP/s':>9} {'% FMA bound':>12} "
                     f"{'quietest round: p50 us':>23} {'% bound':>8}"]
@@ -186,25 +198,33 @@ def format_rows(rows: list[dict], title: str) -> str:
 
 
 def bench_artifact(folder: Path, batches: list[int] | None = None, threads: int = 1, calls: int = 2000,
-                   log=print, rounds: int = 5) -> dict:
-    """Time an artifact against its own original model's peers at each batch size."""
+                   rounds: int = 5, logger: logs.Logger | None = None) -> dict:
+    """Time an artifact against its own original model's peers at each batch size (format_results
+    prints them); a progress line per batch size, since a whole run takes minutes."""
+    log = logger or _LOG
     from accelc.artifact import store as artifact
     from accelc.capture import export as capture
     from accelc.runtime import predictor as runtime
     from accelc.verify.artifact_check import stored_recipe
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
-    manifest = artifact.read_manifest(folder)
+    manifest = artifact.load_manifest(folder)
     loaded = stored_recipe(Path(folder), manifest)
     model = capture.build_model(loaded)
     predictor = runtime.load(folder)
-    results = {"artifact": str(folder), "name": manifest["name"], "threads": threads,
+    results = {"artifact": str(folder), "name": manifest.name, "threads": threads,
                "fma_bound_gflops": fma_bound_gflops(threads), "batches": {}}
-    for batch in batches or manifest["batch"]:
+    for batch in batches or manifest.batch:
+        log.info(f"timing {manifest.name} at batch {batch}: {rounds} round(s), {calls} calls per system ...")
         inputs = list(capture.random_inputs(loaded.recipe.model.inputs, batch, seed=batch))
         rows = compare(model, inputs, {"accelc": lambda: predictor(*inputs)}, threads, calls, rounds=rounds)
         results["batches"][batch] = rows
-        log(format_rows(rows, f"\n{manifest['name']} batch {batch}, {threads} thread(s), numpy in / numpy out"))
     return results
+
+
+def format_results(results: dict) -> str:
+    """bench_artifact's results as one table per batch size."""
+    return "\n".join(format_rows(rows, title(results["name"], batch, results["threads"]))
+                     for batch, rows in results["batches"].items())
 
 
 def plot(results: dict, path: Path) -> str | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, help=f"where (default {root_dir()})")
     p.add_argument("--force", action="store_true", help="rebuild it even if it is ready")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # progress on stderr
     try:
         setup(root=args.root, force=args.force)
     except AccelcError as exc:

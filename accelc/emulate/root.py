@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from accelc import logs
 from accelc.errors import ToolchainError
 
 SUITE = "bookworm"
@@ -17,6 +19,7 @@ ARCHS = {"aarch64": ("arm64", ["manylinux_2_28_aarch64", "manylinux_2_17_aarch64
 SETUP_COMMAND = "python -m accelc.emulate setup"
 PACKAGES = ("apache-tvm", "apache-tvm-ffi", "numpy", "ml_dtypes", "typing_extensions")
 MARKER = ".accelc-root.json"
+_LOG = logging.getLogger(__name__)
 
 
 class EmulatorUnavailable(Exception):
@@ -62,13 +65,15 @@ def unavailable(spec) -> str | None:
 # ----------------------------------------------------------------------------------- set-up
 
 
-def setup(arch: str = "aarch64", root: Path | None = None, force: bool = False, log=print) -> Path:
+def setup(arch: str = "aarch64", root: Path | None = None, force: bool = False,
+          logger: logs.Logger | None = None) -> Path:
     """Make the emulation root: Debian base + python3 unpacked by debootstrap, the runtime wheels."""
+    log = logger or _LOG
     root = Path(root or root_dir(arch))
     if (root / MARKER).is_file() and not force:
         marker = json.loads((root / MARKER).read_text())
         if marker.get("pins") == pins():
-            log(f"emulation root ready at {root}")
+            log.info(f"emulation root ready at {root}")
             return root
     for tool, package in (("debootstrap", "debootstrap"), ("dpkg-deb", "dpkg")):
         if shutil.which(tool) is None:
@@ -84,7 +89,7 @@ def setup(arch: str = "aarch64", root: Path | None = None, force: bool = False, 
     if root.exists():
         shutil.rmtree(root)
     os.rename(partial, root)
-    log(f"emulation root ready at {root}")
+    log.info(f"emulation root ready at {root}")
     return root
 
 
@@ -95,10 +100,10 @@ def _run(cmd: list[str], what: str) -> None:
         raise ToolchainError(f"{what} failed ({' '.join(cmd[:3])} ...):\n{tail}", code="E506")
 
 
-def _debian_root(arch: str, root: Path, log) -> None:
+def _debian_root(arch: str, root: Path, log: logs.Logger) -> None:
     """debootstrap's first stage downloads and unpacks without running foreign binaries (no
     binfmt_misc, ~1 min instead of ~6); we unpack the packages it leaves for the second stage."""
-    log(f"debootstrap {SUITE} {ARCHS[arch][0]} into {root} (about a minute) ...")
+    log.info(f"debootstrap {SUITE} {ARCHS[arch][0]} into {root} (about a minute) ...")
     mirror = os.environ.get("ACCELC_DEBIAN_MIRROR", "http://deb.debian.org/debian")
     _run(["debootstrap", "--foreign", f"--arch={ARCHS[arch][0]}", "--variant=minbase",
           "--include=python3,libstdc++6", SUITE, str(root), mirror], "debootstrap")
@@ -120,13 +125,13 @@ def _unpack(deb: Path, root: Path) -> None:
         raise ToolchainError(f"unpacking {deb.name} failed: {extract.stderr.strip()[-300:]}", code="E506")
 
 
-def _smoke_test(arch: str, root: Path, log) -> None:
+def _smoke_test(arch: str, root: Path, log: logs.Logger) -> None:
     """Import the runtime under the emulator once, so a broken root fails here, not in a build."""
     emulator = f"qemu-{arch}-static"
     if shutil.which(emulator) is None:
         raise ToolchainError(f"'{emulator}' is needed to run the emulation root", code="E506",
                              hint="apt-get install qemu-user-static")
-    log(f"checking the runtime under {emulator} ...")
+    log.info(f"checking the runtime under {emulator} ...")
     done = subprocess.run([emulator, str(guest_python(root)), "-c", "import numpy, tvm, tvm.runtime.vm; print('ok')"],
                           capture_output=True, text=True, env=guest_environment(root), timeout=600)
     if done.stdout.strip() != "ok":
@@ -152,10 +157,10 @@ def _python_version(root: Path) -> str:
     return names[-1][len("python"):]
 
 
-def _install_wheels(arch: str, root: Path, log) -> None:
+def _install_wheels(arch: str, root: Path, log: logs.Logger) -> None:
     """PyPI's wheels for that CPU, installed from the host (no pip inside the emulator)."""
     version = _python_version(root)
-    log(f"installing {', '.join(pins())} for {arch} / Python {version} ...")
+    log.info(f"installing {', '.join(pins())} for {arch} / Python {version} ...")
     platforms = [flag for tag in ARCHS[arch][1] for flag in ("--platform", tag)]
     _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
           "--only-binary=:all:", *platforms, "--python-version", version, "--implementation", "cp",
