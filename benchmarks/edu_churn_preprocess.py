@@ -59,15 +59,14 @@ def build_artifacts(reuse: bool) -> dict[str, Path]:
         return folders
     OUT.mkdir(parents=True, exist_ok=True)
     state = load_file(str(WEIGHTS))
-    quiet = lambda line: None  # noqa: E731
-    build(ROOT / "recipes" / "edu_churn.yaml", output=folders["folded"], log=quiet)
+    build(ROOT / "recipes" / "edu_churn.yaml", output=folders["folded"])
     for part, (entrypoint, width) in PARTS.items():
         weights = OUT / f"{part}.safetensors"
         save_file({k.removeprefix(part + "."): v for k, v in state.items() if k.startswith(part + ".")}, str(weights))
         recipe = OUT / f"{part}.yaml"
         recipe.write_text(PART_RECIPE.format(part=part, entrypoint=entrypoint, weights=weights,
                                              width=getattr(schema, width)))
-        build(recipe, output=folders[part], log=quiet)
+        build(recipe, output=folders[part])
     return folders
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import random
 import signal
@@ -48,6 +49,7 @@ STAGING_CHILD = textwrap.dedent("""\
     import os, signal, sys
     from pathlib import Path
     from accelc.artifact import store as artifact
+    from tests.fixtures.manifests import minimal
     dest, point, payload = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 
@@ -74,7 +76,7 @@ STAGING_CHILD = textwrap.dedent("""\
         if point == "written":
             die()
         (tmp / artifact.PARAMS).write_bytes(payload.encode())
-        artifact.write_manifest(tmp, {"name": payload})
+        artifact.write_manifest(tmp, minimal(payload))
         if point == "manifest":
             die()
     """)
@@ -251,6 +253,17 @@ def build_sweep(folder: Path, builds: int, rng: random.Random) -> tuple[Counter,
     return counts, marks["end"]
 
 
+class _Kept(logging.Handler):
+    """The records one call logs: the database reports a torn line it set aside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def database_state(root: Path) -> str:
     """'clean', 'torn line set aside' or 'REFUSED <code>' for the tuning database under `root`."""
     import tvm
@@ -260,13 +273,16 @@ def database_state(root: Path) -> str:
     folders = [f for f in root.iterdir() if (f / tune_db.TARGET_FILE).is_file()] if root.is_dir() else []
     if not folders:
         return "clean"  # killed before the database was created
-    lines: list[str] = []
+    logger, kept = logging.getLogger("kill_builds.database"), _Kept()
+    logger.addHandler(kept)
     try:
         target = json.loads((folders[0] / tune_db.TARGET_FILE).read_text())["target"]
-        tune_db.open_database(root, tvm.target.Target(target), log=lines.append)
+        tune_db.open_database(root, tvm.target.Target(target), logger=logger)
     except AccelcError as exc:
         return f"REFUSED {exc.code}"
-    return "torn line set aside" if lines else "clean"
+    finally:
+        logger.removeHandler(kept)
+    return "torn line set aside" if kept.records else "clean"
 
 
 def tune_sweep(folder: Path, tunes: int, rng: random.Random) -> Counter:

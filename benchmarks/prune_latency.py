@@ -98,7 +98,7 @@ def measure(case: str, amount: float, round_to: int, target) -> list[list]:
     factory, shape, batches = CASES[case]
     torch.manual_seed(0)
     gm, example = capture(factory(), shape)
-    ctx = PassContext(example, None, lambda line: None)
+    ctx = PassContext(example, None)
     config = PASSES["prune"].Config(kind="prune", method="l1_structured", amount=amount, round_to=round_to)
     fold = PASSES["fold_batchnorm"].Config(kind="fold_batchnorm")
     base, base_reports = run_passes(gm, [fold], ctx)

@@ -112,7 +112,7 @@ def measure(name: str, batches: list[int], reps: int, target, seconds: float) ->
     factory, shape = models()[name]
     gm, example = capture(factory(), shape)
     CALIBRATION["rows"] = torch.randn(256, *shape).numpy()
-    ctx = PassContext(example, None, lambda line: None)
+    ctx = PassContext(example, None)
     base = [PASSES["fold_batchnorm"].Config(kind="fold_batchnorm"), PASSES["simplify"].Config(kind="simplify")]
     quantize = PASSES["quantize"].Config(kind="quantize", mode="static", data="__main__:calibration")
     float_graph, _ = run_passes(gm, base, ctx)

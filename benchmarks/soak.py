@@ -21,6 +21,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from accelc.artifact.manifest import Manifest  # noqa: E402
 from accelc.runtime import predictor as runtime  # noqa: E402
 from accelc.errors import InputError  # noqa: E402
 
@@ -35,14 +36,14 @@ def rss_mib() -> float | None:
     return pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
-def random_inputs(manifest: dict, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
+def random_inputs(manifest: Manifest, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Inputs that fit the artifact: normal floats, integers inside their range."""
     arrays = []
-    for spec in manifest["inputs"]:
-        shape = [batch if d == "batch" else int(d) for d in spec["shape"]]
-        dtype = np.dtype(spec["dtype"])
+    for spec in manifest.inputs:
+        shape = [batch if d is None else d for d in spec.dims]
+        dtype = np.dtype(spec.dtype)
         if dtype.kind in "iu":
-            low, high = spec.get("range", (0, 2))
+            low, high = spec.range or (0, 2)
             arrays.append(rng.integers(int(low), int(high), shape).astype(dtype))
         else:
             arrays.append(rng.standard_normal(shape).astype(dtype))
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor = runtime.load(path)
     soak(predictor, args.threads, 200, args.bad_every)  # warm-up: VMs, staging buffers, allocator pools
     report = soak(predictor, args.threads, args.calls, args.bad_every)
-    print(f"artifact {path} ({predictor.manifest.get('name')}), {args.threads} threads x {args.calls} calls")
+    print(f"artifact {path} ({predictor.manifest.name}), {args.threads} threads x {args.calls} calls")
     print(f"good calls made: {report.calls}, mismatches vs single-threaded answers: {report.mismatches}")
     print(f"hostile calls made: {report.bad_calls}, each refused with its code: "
           f"{'yes' if not any('bad input' in e for e in report.errors) else 'NO'}")

@@ -65,7 +65,7 @@ def write_recipe(workload: str, sizes: list[int], tuning: dict | None, target: s
 def build(path: Path, output: Path):
     from accelc.compile import build as accelc_build
     start = time.perf_counter()
-    result = accelc_build(path, output=output, log=lambda *_: None, use_cache=False)
+    result = accelc_build(path, output=output, cache=False)
     return result, time.perf_counter() - start
 
 
@@ -106,8 +106,8 @@ def bench_workload(name: str, args) -> None:
                                               "threads": args.threads, "database": DATABASE}, args.target)
     untuned, t_untuned = build(untuned_recipe, OUT / f"{name}-untuned")
     tuned, t_tuned = build(tuned_recipe, OUT / f"{name}-tuned")
-    tuning = tuned.manifest["tuning"]
-    print(f"\n== {name} for {tuned.manifest['target']['name']}: untuned build {t_untuned:.0f} s; "
+    tuning = tuned.manifest.tuning.to_json()
+    print(f"\n== {name} for {tuned.manifest.target.name}: untuned build {t_untuned:.0f} s; "
           f"tuned build {t_tuned:.0f} s ({tuning_line(tuning)})")
     from accelc.backends.tvm.tune.driver import format_summary
     print(format_summary(tuning))

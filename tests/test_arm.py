@@ -45,7 +45,7 @@ def emulation(toolchain):
 
 
 def build_quiet(recipe, target, output):
-    return build(recipe, target=target, output=output, log=lambda line: None)
+    return build(recipe, target=target, output=output)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_cnn_for_a_named_core_is_verified_under_qemu(resnet):
     assert {row["batch"] for row in resnet.report["rows"]} == {1, 8, 2}
     assert max(row["max_abs"] for row in resnet.report["rows"]) < 1e-4
     assert elf_machine(resnet.output / "lib.so") == EM_AARCH64
-    assert resnet.manifest["target"]["name"] == "aarch64-neoverse-n1"
+    assert resnet.manifest.target.name == "aarch64-neoverse-n1"
 
 
 def test_emulated_predictor_matches_torch_and_reports_runtime_errors(emulation, tiny_arm):
@@ -114,7 +114,7 @@ def test_without_an_emulation_root_the_build_succeeds_unverified_with_the_setup_
     _, built = tiny_arm
     assert built.report["status"] == "skipped"
     assert emulate.SETUP_COMMAND in built.report["reason"] and "aarch64" in built.report["reason"]
-    assert built.manifest["verified"] is False
+    assert built.manifest.verified is False
     assert elf_machine(built.output / "lib.so") == EM_AARCH64
 
 
@@ -122,9 +122,10 @@ def test_cli_prints_why_verification_was_skipped(toolchain, tmp_path, monkeypatc
     repo = make_repo(tmp_path / "repo")
     recipe = write_recipe(repo, TINY_RECIPE.replace("target: x86", "target: arm64"))
     monkeypatch.setenv("ACCELC_EMULATION_ROOT", str(tmp_path / "missing"))
-    code, out, _ = cli(["build", recipe, "--output", repo / "out"], capsys)
+    code, _, err = cli(["build", recipe, "--output", repo / "out"], capsys)
     assert code == 0
-    assert "verification skipped" in out and emulate.SETUP_COMMAND in out and "NOT verified" in out
+    assert "verification skipped" in err and emulate.SETUP_COMMAND in err and "warning: artifact:" in err
+    assert "NOT verified" in err
 
 
 def test_a_broken_root_skips_verification_and_says_how_to_rebuild_it(toolchain, tmp_path, monkeypatch):
@@ -181,8 +182,10 @@ def test_the_emulated_runtime_modules_import_neither_torch_nor_the_compiler():
     allowed = {"numpy", "tvm", "tvm_ffi"}
     for name in GUEST_FILES:
         tree = ast.parse((ROOT / "accelc" / name).read_text())
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)  # never run: for type checkers
+                       and getattr(node.test, "id", None) == "TYPE_CHECKING" for stmt in node.body for n in ast.walk(stmt)}
         for node in ast.walk(tree):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in typing_only:
                 modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
                 if isinstance(node, ast.ImportFrom) and node.module in ("accelc", "accelc.emulate"):
                     modules = [f"{node.module}.{a.name}" for a in node.names]

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from accelc.artifact import store as artifact
+from accelc.artifact.manifest import FORMAT, Verification
 from accelc.runtime import predictor as runtime
 from accelc.errors import ArtifactError
 from tests.fixtures.helpers import copy_artifact, shared_artifact
+from tests.fixtures.manifests import minimal
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -35,15 +37,22 @@ def load_error(folder: Path) -> ArtifactError:
 
 def test_manifest_hashes_every_file():
     folder = shared_artifact()
-    manifest = artifact.read_manifest(folder)
+    manifest = artifact.load_manifest(folder)
     on_disk = digests(folder)
     del on_disk[artifact.MANIFEST]
-    assert manifest["files"] == on_disk and set(on_disk) >= {artifact.LIBRARY, artifact.PARAMS}
-    assert manifest["format"] == artifact.FORMAT and manifest["verified"] is True
-    assert manifest["target"]["name"] == "x86"  # the recipe said x86_64: aliases resolve
-    assert [i["name"] for i in manifest["inputs"]] == ["a", "b"]
-    assert manifest["recipe"]["sha256"] == hashlib.sha256(manifest["recipe"]["text"].encode()).hexdigest()
+    assert manifest.files == on_disk and set(on_disk) >= {artifact.LIBRARY, artifact.PARAMS}
+    assert manifest.format == FORMAT and manifest.verified is True
+    assert manifest.target.name == "x86"  # the recipe said x86_64: aliases resolve
+    assert [i.name for i in manifest.inputs] == ["a", "b"]
+    assert manifest.recipe.sha256 == hashlib.sha256(manifest.recipe.text.encode()).hexdigest()
     assert artifact.is_artifact(folder)
+
+
+def test_the_written_json_is_what_the_manifest_says():
+    """The store writes to_json() (plus the files' hashes) and reads back the same manifest."""
+    folder = shared_artifact()
+    raw, manifest = artifact.read_manifest(folder), artifact.load_manifest(folder)
+    assert manifest.to_json() == raw and json.loads((folder / artifact.MANIFEST).read_text()) == raw
 
 
 def test_staging_writes_atomically(tmp_path):
@@ -51,8 +60,9 @@ def test_staging_writes_atomically(tmp_path):
     with artifact.staging(dest) as tmp:
         (tmp / "data.bin").write_bytes(b"1234")
         assert not dest.exists()  # nothing visible until the block succeeds
-        artifact.write_manifest(tmp, {"name": "t"})
+        written = artifact.write_manifest(tmp, minimal("t"))
     assert sorted(p.name for p in dest.iterdir()) == ["data.bin", artifact.MANIFEST]
+    assert written.files == {"data.bin": hashlib.sha256(b"1234").hexdigest()} and written.name == "t"
     assert artifact.read_manifest(dest)["files"] == {"data.bin": hashlib.sha256(b"1234").hexdigest()}
     assert leftovers(tmp_path) == []
 
@@ -71,7 +81,7 @@ def test_failure_inside_staging_keeps_the_previous_artifact(copy):
     with pytest.raises(RuntimeError):
         with artifact.staging(copy) as tmp:
             (tmp / artifact.LIBRARY).write_bytes(b"not a library")
-            artifact.write_manifest(tmp, {"name": "half-built"})
+            artifact.write_manifest(tmp, minimal("half-built"))
             raise RuntimeError("the build died here")
     assert digests(copy) == before and leftovers(copy.parent) == []
     runtime.load(copy)  # still loads and passes its integrity check
@@ -80,7 +90,7 @@ def test_failure_inside_staging_keeps_the_previous_artifact(copy):
 def test_success_replaces_the_previous_artifact(copy):
     with artifact.staging(copy) as tmp:
         (tmp / "new.bin").write_bytes(b"new")
-        artifact.write_manifest(tmp, {"name": "replacement"})
+        artifact.write_manifest(tmp, minimal("replacement"))
     assert artifact.read_manifest(copy)["name"] == "replacement"
     assert sorted(p.name for p in copy.iterdir()) == [artifact.MANIFEST, "new.bin"]
     assert leftovers(copy.parent) == []
@@ -120,7 +130,7 @@ def test_output_below_a_file_is_a_coded_error(tmp_path):
 def test_an_empty_directory_may_be_used(tmp_path):
     (tmp_path / "out").mkdir()
     with artifact.staging(tmp_path / "out") as tmp:
-        artifact.write_manifest(tmp, {"name": "t"})
+        artifact.write_manifest(tmp, minimal("t"))
     assert artifact.is_artifact(tmp_path / "out")
 
 
@@ -188,17 +198,26 @@ def test_not_a_directory(tmp_path):
     assert load_error(tmp_path / "nothing").code == "E700"
 
 
-@pytest.mark.parametrize("edit", [
-    lambda m: m.update(format=2),
-    lambda m: m.pop("inputs"),
-    lambda m: m.update(target="x86"),
-    lambda m: m.update(files=["lib.so"]),
-    lambda m: m["files"].pop(artifact.LIBRARY),
-    lambda m: m.update(inputs=[{"name": "a"}]),
-], ids=["format", "no-inputs", "target-string", "files-list", "library-unlisted", "input-without-shape"])
-def test_malformed_manifest_is_refused(copy, edit):
+@pytest.mark.parametrize("edit, field", [
+    (lambda m: m.update(format=2), None),
+    (lambda m: m.pop("inputs"), "inputs"),
+    (lambda m: m.update(target="x86"), "target"),
+    (lambda m: m.update(files=["lib.so"]), None),
+    (lambda m: m["files"].pop(artifact.LIBRARY), None),
+    (lambda m: m.update(inputs=[{"name": "a"}]), "inputs[0].shape"),
+    (lambda m: m["inputs"][1].update(dtype="float"), "inputs[1].dtype"),
+    (lambda m: m["target"].update(cpu_features="avx2"), "target.cpu_features"),
+    (lambda m: m.update(functions={"1": 5}), "functions['1']"),
+], ids=["format", "no-inputs", "target-string", "files-list", "library-unlisted", "input-without-shape",
+        "unknown-dtype", "features-string", "function-number"])
+def test_malformed_manifest_is_refused(copy, edit, field):
+    """Before any native code: E701 naming the field (E702 when the files table no longer matches)."""
     edit_manifest(copy, edit)
-    assert load_error(copy).code in ("E701", "E702")
+    exc = load_error(copy)
+    assert exc.code in ("E701", "E702")
+    if field is not None:
+        assert exc.code == "E701" and exc.problems[0].field == field
+        assert exc.problems[0].location == str(copy / artifact.MANIFEST)
 
 
 def test_manifest_that_is_a_directory(copy):
@@ -208,8 +227,15 @@ def test_manifest_that_is_a_directory(copy):
 
 
 def test_update_manifest_keeps_hashes_valid(copy):
-    artifact.update_manifest(copy, verification={"status": "passed", "rows": [], "by": "test"})
-    manifest = artifact.read_manifest(copy)
-    assert manifest["verification"]["by"] == "test"
-    artifact.check_files(copy, manifest)
-    assert sorted(p.name for p in copy.iterdir()) == sorted([*manifest["files"], artifact.MANIFEST])
+    updated = artifact.update_manifest(copy, verification=Verification("passed", runner="test"))
+    manifest = artifact.load_manifest(copy)
+    assert manifest == updated and manifest.verification.runner == "test"
+    assert sorted(p.name for p in copy.iterdir()) == sorted([*manifest.files, artifact.MANIFEST])
+
+
+def test_update_manifest_refuses_what_no_reader_could_load(copy):
+    before = (copy / artifact.MANIFEST).read_bytes()
+    with pytest.raises(ArtifactError) as info:
+        artifact.update_manifest(copy, verification={"status": "passed", "rows": [], "by": "test"})
+    assert info.value.code == "E701" and info.value.problems[0].field == "verification.by"
+    assert (copy / artifact.MANIFEST).read_bytes() == before

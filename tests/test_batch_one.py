@@ -93,7 +93,7 @@ def repo(tmp_path_factory):
 def test_builds_verify_and_serve_larger_batches_row_by_row(repo, name, batch, passes):
     tag = f"{name}-{len(batch)}-{len(passes)}-{'static' in passes}"
     path = write_recipe(repo, RECIPE.format(name=name, batch=batch, passes=passes), f"{tag}.yaml")
-    built = compile_mod.build(path, output=repo / tag, log=lambda line: None)
+    built = compile_mod.build(path, output=repo / tag)
     assert built.report["status"] == "passed"
     assert {row["batch"] for row in built.report["rows"]} >= {1, 2}  # the unbuilt size was verified too
     x = np.random.default_rng(3).standard_normal((3, 64), dtype=np.float32)

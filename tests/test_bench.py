@@ -40,7 +40,9 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
         assert {"pytorch eager", "torch.compile", "onnxruntime"} <= set(systems)
         assert all("p50_us" in row or row["note"].startswith("skipped") for row in rows)
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "pytorch eager" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert out.count("pair batch") == 2 and "pytorch eager" in out  # the tables: the command's result
+    assert "timing pair at batch 1:" in err and "pytorch eager" not in err  # progress only
 
 
 def test_compare_reports_the_median_round_and_the_quietest_one(monkeypatch):
@@ -99,7 +101,7 @@ def test_bench_of_a_recipe_removes_the_artifact_it_built(fails, tmp_path, capsys
     (tmp_path / "tmp").mkdir()
     built = []
 
-    def build(recipe, output, log):
+    def build(recipe, output):
         Path(output).mkdir(parents=True)
         built.append(Path(output))
         return type("Result", (), {"output": Path(output)})

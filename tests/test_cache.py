@@ -13,7 +13,8 @@ from accelc.artifact import cache
 from accelc.config import recipe as recipe_mod
 from accelc.runtime import predictor as runtime
 from accelc.config import targets
-from tests.fixtures.helpers import TINY_RECIPE, cli, make_repo, scratch_dir, write_recipe
+from accelc.verify import compare as verify
+from tests.fixtures.helpers import TINY_RECIPE, Recording, cli, make_repo, scratch_dir, write_recipe
 
 
 class Spy:
@@ -39,31 +40,31 @@ def first():
     """One build into the cache of a scratch repository."""
     repo = make_repo(scratch_dir() / "cache-repo")
     path = write_recipe(repo, TINY_RECIPE)
-    return repo, path, compile_mod.build(path, output=repo / "build" / "first", log=lambda *_: None, use_cache=True)
+    return repo, path, compile_mod.build(path, output=repo / "build" / "first", cache=True)
 
 
 def entry_of(repo, result):
-    (key,) = result.manifest["cache"]["keys"]
+    (key,) = result.manifest.cache.keys
     return repo / ".accelc" / "cache" / key
 
 
 def test_a_cache_hit_skips_capture_and_compilation(first, spies):
     repo, path, built = first
-    lines: list[str] = []
-    again = compile_mod.build(path, output=repo / "build" / "second", log=lines.append, use_cache=True)
+    log = Recording()
+    again = compile_mod.build(path, output=repo / "build" / "second", cache=True, logger=log.logger)
     assert [spy.calls for spy in spies] == [0, 0]
-    assert any("build cache: reused" in line for line in lines)
-    assert again.manifest["files"] == built.manifest["files"]  # the same library and parameters, byte for byte
+    assert any("build cache: reused" in line for line in log.lines)
+    assert again.manifest.files == built.manifest.files  # the same library and parameters, byte for byte
     artifact.check_files(again.output, artifact.read_manifest(again.output))
     assert runtime.load(again.output)(np.ones((1, 4), np.float32)).shape == (1, 2)  # and it runs
 
 
 def test_an_output_already_built_from_the_same_inputs_is_left_as_it_is(first, spies):
     repo, path, built = first
-    lines: list[str] = []
+    log = Recording()
     before = (built.output / "manifest.json").stat().st_mtime_ns
-    compile_mod.build(path, output=built.output, log=lines.append, use_cache=True)
-    assert [spy.calls for spy in spies] == [0, 0] and any("up to date" in line for line in lines)
+    compile_mod.build(path, output=built.output, cache=True, logger=log.logger)
+    assert [spy.calls for spy in spies] == [0, 0] and any("up to date" in line for line in log.lines)
     assert (built.output / "manifest.json").stat().st_mtime_ns == before
 
 
@@ -72,30 +73,30 @@ def test_a_corrupt_entry_is_rebuilt_not_loaded(first, spies):
     entry = entry_of(repo, built)
     library = entry / artifact.LIBRARY
     library.write_bytes(library.read_bytes()[:-16] + b"\0" * 16)  # same size, different bytes
-    lines: list[str] = []
-    rebuilt = compile_mod.build(path, output=repo / "build" / "third", log=lines.append, use_cache=True)
+    log = Recording()
+    rebuilt = compile_mod.build(path, output=repo / "build" / "third", cache=True, logger=log.logger)
     assert [spy.calls for spy in spies] == [1, 1]
-    assert any("is corrupt" in line for line in lines)
+    assert any(r.levelname == "WARNING" and "is corrupt" in r.getMessage() for r in log.records)
     assert rebuilt.report["status"] == "passed"
     artifact.check_files(entry, artifact.read_manifest(entry))  # the entry was replaced by the rebuild
 
 
 def test_the_cli_uses_the_cache_unless_told_not_to(first, spies, capsys):
     repo, path, _ = first
-    code, out, _ = cli(["build", path, "--output", repo / "build" / "cli"], capsys)
-    assert code == 0 and "build cache: reused" in out and "PASSED" in out  # the stored verification report
+    code, _, err = cli(["build", path, "--output", repo / "build" / "cli"], capsys)
+    assert code == 0 and "build cache: reused" in err and "PASSED" in err  # the stored verification report
     assert [spy.calls for spy in spies] == [0, 0]
-    code, out, _ = cli(["build", path, "--output", repo / "build" / "forced", "--no-cache"], capsys)
-    assert code == 0 and "build cache" not in out
+    code, _, err = cli(["build", path, "--output", repo / "build" / "forced", "--no-cache"], capsys)
+    assert code == 0 and "[6/6]" in err and "build cache" not in err
     assert [spy.calls for spy in spies] == [1, 1]
 
 
 def test_unverified_builds_are_not_cached(tmp_path, monkeypatch):
     repo = make_repo(tmp_path / "repo")
     path = write_recipe(repo, TINY_RECIPE)
-    monkeypatch.setattr(compile_mod, "_verify", lambda *args: {"status": "skipped", "reason": "no device here"})
-    built = compile_mod.build(path, output=repo / "out", log=lambda *_: None, use_cache=True)
-    assert built.manifest["verified"] is False and not (repo / ".accelc" / "cache").exists()
+    monkeypatch.setattr(compile_mod, "_verify", lambda *args: verify.skipped("no device here"))
+    built = compile_mod.build(path, output=repo / "out", cache=True)
+    assert built.manifest.verified is False and not (repo / ".accelc" / "cache").exists()
 
 
 def key_of(repo, text: str, target: str = "x86") -> str:

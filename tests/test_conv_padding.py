@@ -68,10 +68,10 @@ def test_captured_with_numeric_padding_and_the_same_values(path):
 
 
 def test_folded_and_quantized_then_verified(path):
-    built = compile_mod.build(path, output=path.parent / "out", log=lambda line: None)
+    built = compile_mod.build(path, output=path.parent / "out")
     assert built.report["status"] == "passed"
-    fold, quantize = built.manifest["passes"]
-    assert fold["changed"]  # the BatchNorm after a padding='same' convolution was folded into it
-    rows = {row["layer"]: row for row in quantize["layers"]}
+    fold, quantize = built.manifest.passes
+    assert fold.changed  # the BatchNorm after a padding='same' convolution was folded into it
+    rows = {row["layer"]: row for row in quantize.stats["layers"]}
     assert [rows[n]["dtype"] for n in ("odd", "even", "valid")] == ["int8"] * 3, rows
     assert "conv1d" in rows["line"]["reason"]  # no int8 1-D kernel: float32, with the reason

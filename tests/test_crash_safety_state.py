@@ -23,14 +23,14 @@ from accelc.artifact import store as artifact
 from accelc.artifact import cache
 from accelc.backends.tvm.tune import database as tune_db
 from benchmarks.kill_builds import ROOT, kill, start_tune
-from tests.fixtures.helpers import copy_artifact, make_repo, scratch_dir, write_recipe
+from tests.fixtures.helpers import Recording, copy_artifact, make_repo, scratch_dir, write_recipe
 from tests.test_tune import TIMED, TOPPED
 
 
 @pytest.fixture(scope="module")
 def tuned_repo():
     repo = make_repo(scratch_dir() / "kill-tune-repo")
-    compile_mod.tune_recipe(write_recipe(repo, TIMED, "timed.yaml"), log=lambda *_: None)
+    compile_mod.tune_recipe(write_recipe(repo, TIMED, "timed.yaml"))
     (folder,) = [f for f in (repo / ".accelc" / "tuning").iterdir() if (f / tune_db.TARGET_FILE).is_file()]
     return repo, folder
 
@@ -55,8 +55,9 @@ def test_a_torn_last_line_is_set_aside_and_every_complete_record_kept(tuned_repo
     folder = shutil.copytree(source, tmp_path / source.name)
     complete, fragment = tear(folder / name, fraction)
     before = len(tune_db._load(source, None))
-    lines: list[str] = []
-    database = tune_db.open_database(tmp_path, target_of(folder), log=lines.append)
+    log = Recording()
+    database = tune_db.open_database(tmp_path, target_of(folder), logger=log.logger)
+    lines = log.lines
     assert (folder / name).read_bytes() == complete
     (side,) = folder.glob(f"{name}.torn-*")
     assert side.read_bytes() == fragment  # nothing is thrown away
@@ -69,8 +70,8 @@ def test_a_database_corrupt_before_its_last_line_is_still_refused(tuned_repo, tm
     records = (folder / "records.json").read_bytes()
     (folder / "records.json").write_bytes(records[:40] + b"#" + records[41:])
     with pytest.raises(Exception) as caught:
-        tune_db.open_database(tmp_path, target_of(folder), log=lambda *_: None)
-    assert getattr(caught.value, "code", None) == "E602"
+        tune_db.open_database(tmp_path, target_of(folder))
+    assert getattr(caught.value, "code", None) == "E619"
     assert (folder / "records.json").read_bytes() == records[:40] + b"#" + records[41:]  # left as it was
 
 
@@ -89,12 +90,11 @@ def test_tuning_killed_while_measuring_then_tuned_again_and_built(tmp_path):
         kill(process)
         process.stdout.close()
     (folder,) = (repo / ".accelc" / "tuning").iterdir()
-    tune_db.open_database(repo / ".accelc" / "tuning", target_of(folder), log=lambda *_: None)
-    summary = compile_mod.tune_recipe(write_recipe(repo, TIMED, "again.yaml"), log=lambda *_: None)
+    tune_db.open_database(repo / ".accelc" / "tuning", target_of(folder))
+    summary = compile_mod.tune_recipe(write_recipe(repo, TIMED, "again.yaml"))
     assert summary["tuned_tasks"] >= 1
-    built = compile_mod.build(write_recipe(repo, TOPPED, "topped.yaml"), output=repo / "out",
-                              log=lambda *_: None, use_cache=False)
-    assert built.report["status"] == "passed" and built.manifest["tuning"]["tuned_tasks"] == 2
+    built = compile_mod.build(write_recipe(repo, TOPPED, "topped.yaml"), output=repo / "out", cache=False)
+    assert built.report["status"] == "passed" and built.manifest.tuning.tuned_tasks == 2
 
 
 # The child: store `artifact` in the cache under `key`, SIGKILLing itself at `point`.
@@ -112,7 +112,7 @@ STORE_CHILD = textwrap.dedent("""\
         if point == "renamed":
             os.kill(os.getpid(), signal.SIGKILL)
     os.rename = rename_at_point
-    cache.store([key], source, SimpleNamespace(), log=print)
+    cache.store([key], source, SimpleNamespace())
     """)
 
 
@@ -123,15 +123,15 @@ def test_a_cache_store_killed_at_any_point_leaves_no_entry_or_a_whole_one(tmp_pa
     done = subprocess.run([sys.executable, "-c", STORE_CHILD, str(source), "k" * 64, point],
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     assert done.returncode == (0 if point == "none" else -signal.SIGKILL), done.stderr
-    out, lines = tmp_path / "out", []
-    manifest = cache.fetch(["k" * 64], out, SimpleNamespace(), log=lines.append)
+    out, log = tmp_path / "out", Recording()
+    manifest = cache.fetch(["k" * 64], out, SimpleNamespace(), logger=log.logger)
     assert (manifest is not None) == stored and out.exists() == stored
     if stored:
         artifact.check_files(out, artifact.read_manifest(out))
-        assert manifest == artifact.read_manifest(source)
+        assert manifest == artifact.load_manifest(source)
     staged = list((tmp_path / "cache").glob(f".*{cache.TMP}*"))
     assert len(staged) == (point == "copied")  # the killed store's private copy: never read as an entry
     for stale in staged:  # an hour later the next store sweeps it
         os.utime(stale, (time.time() - 7200,) * 2)
-    cache.store(["k" * 64, "j" * 64], source, SimpleNamespace(), log=lines.append)
+    cache.store(["k" * 64, "j" * 64], source, SimpleNamespace(), logger=log.logger)
     assert not list((tmp_path / "cache").glob(f".*{cache.TMP}*")) and cache._valid(tmp_path / "cache" / ("j" * 64))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from accelc.artifact.manifest import DeviceCode
 from accelc.runtime import predictor as runtime
 from accelc.config import targets
 from accelc.backends.tvm import cuda
@@ -42,13 +43,12 @@ def nvcc():
 def edu_churn(nvcc, tmp_path_factory):
     """Two archs in one library: the multi-arch target."""
     return build(ROOT / "recipes/edu_churn.yaml", target="cuda-multi",
-                 output=tmp_path_factory.mktemp("cuda") / "edu", log=lambda line: None)
+                 output=tmp_path_factory.mktemp("cuda") / "edu")
 
 
 @pytest.fixture(scope="module")
 def resnet(nvcc, tmp_path_factory):
-    return build(ROOT / "recipes/resnet_small.yaml", target="cuda", output=tmp_path_factory.mktemp("cuda") / "cnn",
-                 log=lambda line: None)
+    return build(ROOT / "recipes/resnet_small.yaml", target="cuda", output=tmp_path_factory.mktemp("cuda") / "cnn")
 
 
 def sass_archs(path: Path) -> set[str]:
@@ -73,9 +73,9 @@ def test_library_embeds_machine_code_for_every_arch_and_no_cuda_source(fixture, 
     library = built.output / "lib.so"
     assert sass_archs(library) == archs
     assert b"__global__" not in library.read_bytes()  # a source fallback would be JIT-compiled at load
-    code = built.manifest["device_code"]
-    assert set(code["sass"]) == archs and code["embedded"] and code["cuda"] == cuda.nvcc_facts(cuda.find_nvcc())[0]
-    assert code["ptx"] == [f"compute_{max(a[3:] for a in archs)}"]
+    code = built.manifest.device_code
+    assert set(code.sass) == archs and code.embedded and code.cuda == cuda.nvcc_facts(cuda.find_nvcc())[0]
+    assert code.ptx == (f"compute_{max(a[3:] for a in archs)}",)
     assert built.report["status"] == "skipped" and "GPU" in built.report["reason"]
     manifest = json.loads((built.output / "manifest.json").read_text())
     assert manifest["verified"] is False and manifest["target"]["cuda_archs"] == sorted(archs)
@@ -175,7 +175,7 @@ def test_an_arch_unknown_to_nvcc_is_a_clear_error_before_any_work(nvcc, tmp_path
     recipe = write_recipe(repo, TINY_RECIPE.replace("target: x86", "target: mine"))
     code, out, err = cli(["build", recipe], capsys)
     assert code == 2 and "E204" in err and "sm_99" in err and "nvcc knows" in err and "mine.yaml" in err
-    assert "[2/6]" not in out
+    assert "[2/6]" not in err
 
 
 def test_codegen_arch_newer_than_an_embedded_arch_is_refused(nvcc, tmp_path):
@@ -214,7 +214,7 @@ class FakeGpu:
                                      ("7.5", False)])
 def test_gpu_arch_check_follows_cuda_compatibility_rules(gpu, ok):
     """sm_80 machine code runs on 8.x (x >= 0), PTX compute_90 on 9.0 and newer; 7.5 has neither."""
-    code = {"sass": ["sm_80", "sm_90"], "ptx": ["compute_90"]}
+    code = DeviceCode("fatbin", True, ("sm_80", "sm_90"), ("sm_80", "sm_90"), ("compute_90",), "13.0")
     if ok:
         runtime.check_gpu_arch(FakeGpu(gpu), code)
     else:
@@ -225,4 +225,4 @@ def test_gpu_arch_check_follows_cuda_compatibility_rules(gpu, ok):
 
 def test_machine_code_alone_does_not_run_on_a_newer_major():
     with pytest.raises(ArtifactError):
-        runtime.check_gpu_arch(FakeGpu("10.0"), {"sass": ["sm_90"], "ptx": []})
+        runtime.check_gpu_arch(FakeGpu("10.0"), DeviceCode("fatbin", True, ("sm_90",), ("sm_90",), (), "13.0"))

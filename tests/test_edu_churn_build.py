@@ -27,7 +27,7 @@ RECIPE = ROOT / "recipes" / "edu_churn.yaml"
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    return build(RECIPE, output=tmp_path_factory.mktemp("edu_churn") / "artifact", log=lambda line: None)
+    return build(RECIPE, output=tmp_path_factory.mktemp("edu_churn") / "artifact")
 
 
 def test_recipe_columns_are_the_examples_schema():
@@ -86,8 +86,8 @@ def test_impossible_metric_budget_exits_1_and_writes_nothing(tmp_path, monkeypat
         self, *a, **k)])
     code, out, err = cli(["build", repo / "recipe.yaml", "--output", tmp_path / "out"], capsys)
     assert code == 1, (out, err)
-    assert "metric auc: original" in out and "-> FAIL" in out and "FAILED" in out
-    assert " ok" in out  # the per-element rows passed: the metric alone failed the build
+    assert "metric auc: original" in err and "-> FAIL" in err and "FAILED" in err  # the report, with the progress
+    assert " ok" in err  # the per-element rows passed: the metric alone failed the build
     assert "error[E600]" in err and "metric auc got worse by" in err and "max_drop is 0" in err
     assert "Traceback" not in out + err
     assert not (tmp_path / "out").exists()

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from accelc import compile as compile_mod
+from accelc.artifact.manifest import Repair
 from accelc.capture import index_bounds
 from accelc.config import recipe
 from accelc.runtime import predictor as runtime
@@ -62,15 +63,14 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def embed(repo):
-    built = compile_mod.build(write_recipe(repo, EMBED, "embed.yaml"), output=repo / "embed", log=lambda line: None)
+    built = compile_mod.build(write_recipe(repo, EMBED, "embed.yaml"), output=repo / "embed")
     assert built.report["status"] == "passed", built.report
     return built
 
 
 @pytest.fixture(scope="module")
 def computed(repo):
-    built = compile_mod.build(write_recipe(repo, COMPUTED, "computed.yaml"), output=repo / "computed",
-                              log=lambda line: None)
+    built = compile_mod.build(write_recipe(repo, COMPUTED, "computed.yaml"), output=repo / "computed")
     assert built.report["status"] == "passed", built.report
     return built
 
@@ -89,9 +89,9 @@ def valid_ids(batch: int, seed: int = 0) -> np.ndarray:
 # ---- item 1: ids that index a table -------------------------------------------------------------
 
 def test_the_manifest_records_the_table_range_of_an_undeclared_input(embed):
-    spec = embed.manifest["inputs"][0]
-    assert spec["name"] == "ids" and spec["range"] == [0, 100]
-    assert "index_bounds" not in {r["repair"] for r in embed.manifest["repairs"]}  # checked by the runtime instead
+    spec = embed.manifest.inputs[0]
+    assert spec.name == "ids" and spec.range == (0, 100)
+    assert "index_bounds" not in {r.repair for r in embed.manifest.repairs}  # checked by the runtime instead
 
 
 @pytest.mark.parametrize("batch", [4, 3, 9])  # built (lean path), padded, split
@@ -120,7 +120,7 @@ def test_out_of_range_ids_are_refused_before_native_code(embed, batch, bad, monk
 
 def test_ranged_inputs_keep_the_lean_path(embed, monkeypatch):
     predictor = runtime.load(embed.output)
-    assert predictor.inputs[0]["range"] == [0, 100]  # a declared range used to turn the lean path off
+    assert predictor.inputs[0].range == (0, 100)  # a declared range used to turn the lean path off
     ids = valid_ids(4)
     expected = predictor(ids)
     monkeypatch.setattr(predictor, "_checked_call", lambda *args: pytest.fail("took the checked path"))
@@ -152,9 +152,9 @@ def test_ids_that_used_to_segfault_leave_the_process_alive(embed):
 
 
 def test_a_computed_index_is_clamped_in_the_compiled_graph(computed):
-    inputs = {spec["name"]: spec for spec in computed.manifest["inputs"]}
-    assert "range" not in inputs["ids"]  # it reaches the table only after `+ 90`: nothing to check at the door
-    assert {"repair": "index_bounds", "nodes": ["embedding:add", "index:rows"]} in computed.manifest["repairs"]
+    inputs = {spec.name: spec for spec in computed.manifest.inputs}
+    assert inputs["ids"].range is None  # it reaches the table only after `+ 90`: nothing to check at the door
+    assert Repair("index_bounds", ("embedding:add", "index:rows")) in computed.manifest.repairs
     predictor = runtime.load(computed.output)
     rng = np.random.default_rng(1)
     rows = rng.integers(-50, 50, (4, 3))
@@ -173,7 +173,7 @@ def test_a_computed_index_is_clamped_in_the_compiled_graph(computed):
 
 def test_rows_count_from_the_end_as_in_torch_and_no_further(computed):
     """x[rows]: torch takes -1 as the last row (TVM's take read before the table), raises below -50."""
-    assert {spec["name"]: spec.get("range") for spec in computed.manifest["inputs"]}["rows"] == [-50, 50]
+    assert {spec.name: spec.range for spec in computed.manifest.inputs}["rows"] == (-50, 50)
     predictor = runtime.load(computed.output)
     ids = np.zeros((4, 6), np.int64)
     rows = np.array([[-1, -50, 49]] * 4)

@@ -47,9 +47,9 @@ def recipe_with(repo, source: str, name: str = "recipe.yaml"):
 
 def test_a_saved_model_builds_verifies_and_names_its_outputs(repo):
     path = recipe_with(repo, "    path: tiny-bert\n    task: sequence-classification")
-    built = compile_mod.build(path, output=repo / "out", log=lambda line: None)
+    built = compile_mod.build(path, output=repo / "out")
     assert built.report["status"] == "passed"
-    assert [o["name"] for o in built.manifest["outputs"]] == ["logits"]
+    assert [o.name for o in built.manifest.outputs] == ["logits"]
     ids = np.random.default_rng(0).integers(0, 100, (2, 16))
     mask = np.ones((2, 16), np.int64)
     mask[1, 10:] = 0  # padding in the second row

@@ -42,7 +42,7 @@ def built(request, tmp_path_factory):
     """Build each recipe once for all the checks on it."""
     name = request.param
     output = tmp_path_factory.mktemp(name) / "artifact"
-    result = build(RECIPES / f"{name}.yaml", output=output, log=lambda line: None)
+    result = build(RECIPES / f"{name}.yaml", output=output)
     return name, result
 
 
@@ -99,9 +99,9 @@ def test_runtime_matches_eager_model(built):
 @pytest.mark.parametrize("built", ["edu_churn_pruned"], indirect=True)
 def test_pruned_artifact_is_smaller_and_keeps_the_metric(built):
     _, result = built
-    prune = next(p for p in result.manifest["passes"] if p["kind"] == "prune")
-    assert prune["params"]["after"] < 0.5 * prune["params"]["before"]
-    assert result.manifest["param_bytes"] <= 4 * prune["params"]["after"]  # float32: at most what is counted
+    prune = next(p for p in result.manifest.passes if p.kind == "prune")
+    assert prune.stats["params"]["after"] < 0.5 * prune.stats["params"]["before"]
+    assert result.manifest.param_bytes <= 4 * prune.stats["params"]["after"]  # float32: at most what is counted
     metric = result.report["metric"]
     assert metric["passed"] and metric["original"] - metric["compiled"] <= 0.005
 
@@ -111,9 +111,9 @@ def test_resnet_batchnorms_are_folded(built):
     name, result = built
     model = eager_model(recipe_mod.load(RECIPES / f"{name}.yaml"))
     count = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    fold = next(p for p in result.manifest["passes"] if p["kind"] == "fold_batchnorm")
-    assert fold["changed"] and len(fold["folded"]) == count
-    assert not any("running_mean" in p or "running_var" in p for p in result.manifest["params"])
+    fold = next(p for p in result.manifest.passes if p.kind == "fold_batchnorm")
+    assert fold.changed and len(fold.stats["folded"]) == count
+    assert not any("running_mean" in p or "running_var" in p for p in result.manifest.params)
 
 
 def test_cli_build_exits_zero_and_marks_verified(tmp_path, capsys):
@@ -121,6 +121,6 @@ def test_cli_build_exits_zero_and_marks_verified(tmp_path, capsys):
     # --no-cache: a test must not fill the repository's own build cache (.accelc/cache)
     code = main(["build", str(RECIPES / "edu_churn.yaml"), "--output", str(output), "--no-cache"])
     assert code == 0
-    assert "PASSED" in capsys.readouterr().out
+    assert "PASSED" in capsys.readouterr().err  # the build's progress and report: stderr
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["verified"] is True and manifest["verification"]["status"] == "passed"

@@ -45,7 +45,7 @@ def repo(tmp_path_factory):
 
 def test_unsupported_op_lists_node_and_source_line(repo):
     with pytest.raises(UnsupportedOpError) as info:
-        build(repo / "recipe.yaml", output=repo / "out", log=lambda line: None)
+        build(repo / "recipe.yaml", output=repo / "out")
     exc = info.value
     assert exc.code == "E400"
     located = [p for p in exc.problems if p.location]

@@ -50,8 +50,8 @@ def test_names_follow_the_output_structure():
 
 def test_a_dict_output_builds_with_its_names(tmp_path):
     repo = make_repo(tmp_path)
-    built = compile_mod.build(write_recipe(repo, RECIPE), output=repo / "out", log=lambda line: None)
-    assert [o["name"] for o in built.manifest["outputs"]] == ["logits", "hidden.0", "hidden.1"]
+    built = compile_mod.build(write_recipe(repo, RECIPE), output=repo / "out")
+    assert [o.name for o in built.manifest.outputs] == ["logits", "hidden.0", "hidden.1"]
     assert list(dict.fromkeys(r["output"] for r in built.report["rows"])) == ["logits", "hidden.0", "hidden.1"]
     x = np.random.default_rng(0).standard_normal((2, 4), dtype=np.float32)
     with torch.no_grad():

@@ -17,7 +17,7 @@ import torch
 import tvm
 from safetensors.numpy import load_file
 from torch import nn
-from tvm import relax
+from tvm import relax, s_tir
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:
 from accelc.config import recipe as recipe_mod  # noqa: E402
 from accelc.runtime import predictor as runtime
 from accelc.config import targets
+from accelc.backends.tvm.kernels import tags  # noqa: E402
 from accelc.backends.tvm.lower import relax as lower  # noqa: E402
 from accelc.capture.export import _drop_guards  # noqa: E402
 from accelc.compile import build  # noqa: E402
@@ -87,7 +88,7 @@ def quantized(model: nn.Module, shape: tuple, **config):
     _drop_guards(gm)
     if config.get("mode", "static") == "static" and config.get("dtype", "int8") == "int8":
         config["data"] = f"tests.test_quantize_build:{'mlp' if len(shape) == 1 else 'cnn'}_rows"
-    graph, reports = run_passes(gm, [QuantizeConfig(kind="quantize", **config)], PassContext(example, None, print))
+    graph, reports = run_passes(gm, [QuantizeConfig(kind="quantize", **config)], PassContext(example, None))
     return graph, reports[0], [InputSpec(name="x", shape=["batch", *shape])]
 
 
@@ -178,7 +179,10 @@ def test_other_modes_compiled_equal_their_graphs(config):
     np.testing.assert_allclose(run(x), want, rtol=0, atol=1e-7 if config["mode"] != "weight_only" else 1e-6)
     names = {gv.name_hint for gv in lowered.mod.functions}
     if config.get("reduce_range") is False:  # 8-bit activations would saturate vpmaddubsw: plain int32 code
-        assert {"qgemm_u8", "qgemm_u81"} <= names and "vpmaddubsw" not in machine_code(executable)
+        gemms = [s_tir.Schedule(f) for gv, f in lowered.mod.functions.items() if gv.name_hint.startswith("qgemm")]
+        notes = [{k: str(v) for k, v in sch.get(sch.get_sblock("qgemm")).annotations.items()} for sch in gemms]
+        assert notes == [{tags.KEY: tags.INT8_GEMM, tags.MICROKERNEL: "int32", tags.ACTIVATION_BITS: "8"}] * 2, notes
+        assert "vpmaddubsw" not in machine_code(executable)
     if config["mode"] == "weight_only":
         assert "w8_matmul" in names and not any(n.startswith("qgemm") for n in names)
 
@@ -211,7 +215,7 @@ def test_half_precision_compiles_for_cpu_and_stays_close():
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    return build(RECIPE, output=tmp_path_factory.mktemp("edu_churn_int8") / "artifact", log=lambda line: None)
+    return build(RECIPE, output=tmp_path_factory.mktemp("edu_churn_int8") / "artifact")
 
 
 def test_edu_churn_int8_keeps_its_auc_and_matches_its_quantized_graph(built):
@@ -219,7 +223,7 @@ def test_edu_churn_int8_keeps_its_auc_and_matches_its_quantized_graph(built):
     assert report["status"] == "passed" and report["reference"] == "rewritten graph (after passes)"
     assert report["metric"]["drop"] <= 0.005 and report["metric"]["examples"] == 7500
     assert all(row["max_abs"] <= 1e-5 for row in report["rows"])
-    (quantize,) = [p for p in built.manifest["passes"] if p["kind"] == "quantize"]
+    (quantize,) = [p.stats for p in built.manifest.passes if p.kind == "quantize"]
     assert [r["dtype"] for r in quantize["layers"]] == ["int8", "int8", "float32"]  # the one-logit head:
     assert "1 output channel(s) run faster in float32" in quantize["layers"][2]["reason"]  # quantize.min_outputs
     assert quantize["fallback"]["reverted"] == []
@@ -265,6 +269,6 @@ def test_a_target_without_int8_is_refused_before_any_work(tmp_path):
         target: noint8
         """))
     with pytest.raises(TargetError) as info:
-        build(path, output=repo / "out", log=lambda line: None)
+        build(path, output=repo / "out")
     assert info.value.code == "E202" and "needs int8" in str(info.value) and "recipe.yaml:8:" in str(info.value)
     assert not (repo / "out").exists()

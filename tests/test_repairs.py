@@ -12,7 +12,7 @@ from accelc.config import recipe as recipe_mod
 from accelc.runtime import predictor as runtime
 from accelc.backends.tvm.lower import repairs
 from accelc.errors import UnsupportedOpError
-from tests.fixtures.helpers import make_repo, write_recipe
+from tests.fixtures.helpers import Recording, make_repo, write_recipe
 
 DECODER = """\
 version: 1
@@ -58,9 +58,9 @@ def repo(tmp_path_factory):
 
 def test_an_integer_cumsum_builds_and_matches_torch(repo):
     path = write_recipe(repo, CUMSUM, "cumsum.yaml")
-    built = compile_mod.build(path, output=repo / "out-cumsum", log=lambda line: None)
+    built = compile_mod.build(path, output=repo / "out-cumsum")
     assert built.report["status"] == "passed"
-    applied = {r["repair"]: r["nodes"] for r in built.manifest["repairs"]}
+    applied = {r.repair: r.nodes for r in built.manifest.repairs}
     assert len(applied["integer_cumsum"]) == 2  # the bool and the int32 one
     ids = np.array([[0, 1, 1, 0, 2, 2, 1, 0], [2, 2, 2, 2, 0, 0, 0, 1]], np.int64)
     expected = positions_from_mask()(torch.from_numpy(ids)).numpy()
@@ -71,7 +71,7 @@ def test_without_the_repair_tvm_cannot_compile_it(repo, monkeypatch):
     monkeypatch.setattr(repairs, "CONVERTERS", {})
     path = write_recipe(repo, CUMSUM.replace("name: positions", "name: unrepaired"), "unrepaired.yaml")
     with pytest.raises(UnsupportedOpError):  # E401: TVM keeps the bool dtype and cannot add bools
-        compile_mod.build(path, output=repo / "out-unrepaired", log=lambda line: None)
+        compile_mod.build(path, output=repo / "out-unrepaired")
 
 
 def test_views_become_reshapes_and_keep_values():
@@ -90,10 +90,11 @@ def test_views_become_reshapes_and_keep_values():
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 def test_decoder_language_models_build_and_verify(repo, name):
     path = write_recipe(repo, DECODER.format(name=name), f"{name}.yaml")
-    lines: list[str] = []
-    built = compile_mod.build(path, output=repo / f"out-{name}", log=lines.append)
+    log = Recording()
+    built = compile_mod.build(path, output=repo / f"out-{name}", logger=log.logger)
+    lines = log.lines
     assert built.report["status"] == "passed", lines
-    assert "integer_cumsum" in {r["repair"] for r in built.manifest["repairs"]}  # the causal mask
+    assert "integer_cumsum" in {r.repair for r in built.manifest.repairs}  # the causal mask
     assert any(line.strip().startswith("repair integer_cumsum") for line in lines)
     ids = np.random.default_rng(1).integers(0, 100, (2, 16))
     model = capture.build_model(recipe_mod.load(path))
@@ -107,7 +108,7 @@ def test_an_op_tvm_cannot_compile_is_named_with_its_source_line(repo, monkeypatc
     monkeypatch.setattr(repairs, "CONVERTERS", {})
     path = write_recipe(repo, CUMSUM.replace("name: positions", "name: named-error"), "named-error.yaml")
     with pytest.raises(UnsupportedOpError) as info:
-        compile_mod.build(path, output=repo / "out-named-error", log=lambda line: None)
+        compile_mod.build(path, output=repo / "out-named-error")
     located = [p for p in info.value.problems if p.message.startswith("TVM failed to compile op")]
     assert located, info.value.format()  # the multiply of the (bool) cumsum: where LLVM gives up
     assert all(p.location.startswith("node ") and "test_repairs.py:" in p.location for p in located), \

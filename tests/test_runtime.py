@@ -13,7 +13,7 @@ import pytest
 
 from accelc.runtime import predictor as runtime
 from accelc.errors import InputError
-from tests.fixtures.helpers import ROOT, pair_eager, pair_inputs, shared_artifact
+from tests.fixtures.helpers import ROOT, make_repo, pair_eager, pair_inputs, shared_artifact, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,51 @@ def test_named_inputs(predictor):
     np.testing.assert_allclose(predictor(b=b, a=a), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(predictor(a, b=b), expected, rtol=1e-5, atol=1e-6)
     assert isinstance(predictor.predict(a, b), list) and len(predictor.predict(a, b)) == 1
+
+
+TWO_OUTPUTS_RECIPE = """\
+version: 1
+name: two_outputs
+model:
+  entrypoint: tests.fixtures.models:two_outputs
+  inputs:
+    - {name: x, shape: [batch, 4], dtype: float32}
+  batch: [2]
+target: x86
+verify: {samples: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def two_outputs(tmp_path_factory):
+    from accelc.compile import build
+    repo = make_repo(tmp_path_factory.mktemp("two-outputs"))
+    return runtime.load(build(write_recipe(repo, TWO_OUTPUTS_RECIPE), output=repo / "out").output)
+
+
+@pytest.mark.parametrize("batch", [2, 3])  # a built size, and one split above it
+def test_calling_a_multi_output_model_returns_its_tuple_and_predict_a_list(two_outputs, batch):
+    """predictor(x) has the shape of model(x): a tuple of arrays; predict(x) is always a list."""
+    import torch
+
+    from tests.fixtures.models import two_outputs as eager_model
+    x = np.random.default_rng(batch).standard_normal((batch, 4), dtype=np.float32)
+    with torch.no_grad():
+        expected = [t.numpy() for t in eager_model()(torch.from_numpy(x))]
+    called, listed = two_outputs(x), two_outputs.predict(x)
+    assert type(called) is tuple and type(listed) is list and len(called) == len(listed) == 2
+    assert [o.name for o in two_outputs.outputs] == ["output0", "output1"]
+    for got_called, got_listed, want in zip(called, listed, expected):
+        assert got_called.shape == want.shape == (batch, *want.shape[1:])
+        np.testing.assert_allclose(got_called, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got_listed, got_called)
+
+
+def test_calling_a_single_output_model_returns_the_array(predictor):
+    a, b = pair_inputs(2, seed=3)
+    called, listed = predictor(a, b), predictor.predict(a, b)
+    assert type(called) is np.ndarray and type(listed) is list and len(listed) == 1
+    np.testing.assert_array_equal(listed[0], called)
 
 
 def test_wrong_number_of_inputs(predictor):

@@ -29,7 +29,7 @@ def test_aligned_input_is_passed_zero_copy(predictor):
 def test_input_the_kernels_take_unaligned_is_passed_in_place(predictor):
     raw = np.zeros(4 * 3 + 1, np.float32)
     array = raw[1:].reshape(4, 3)  # 4-byte offset: never 64-byte aligned
-    assert array.ctypes.data % runtime.ALIGN != 0 and predictor.inputs[0]["unaligned"]
+    assert array.ctypes.data % runtime.ALIGN != 0 and predictor.inputs[0].unaligned
     assert np.shares_memory(np.from_dlpack(predictor._device_tensor(0, array)), array)
 
 

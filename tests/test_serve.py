@@ -105,12 +105,13 @@ def test_health_and_metadata(client, predictor):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["name"] == "pair"
     meta = client.get("/metadata").json()
-    manifest = predictor.manifest
-    assert meta["name"] == "pair" and meta["target"]["name"] == manifest["target"]["name"]
+    manifest = json.loads((predictor.path / "manifest.json").read_text())  # as written: metadata repeats it
+    assert meta["name"] == "pair" and meta["target"] == {k: manifest["target"][k] for k in ("name", "device", "arch",
+                                                                                          "cpu_features")}
     assert meta["inputs"] == manifest["inputs"] and meta["outputs"] == manifest["outputs"]
     assert meta["batch_sizes"] == [1, 4]
     assert meta["verification"] == {"verified": True, "status": "passed"}
-    assert meta["versions"]["tvm"] == manifest["versions"]["tvm"]
+    assert meta["versions"] == manifest["versions"] and meta["recipe_sha256"] == manifest["recipe"]["sha256"]
     assert meta["serving"]["max_batch_rows"] == 16 and meta["serving"]["micro_batching"] is False
 
 
@@ -379,14 +380,16 @@ TORCH_FREE_SERVER = textwrap.dedent("""\
 
 
 def wait_for_line(process: subprocess.Popen, needle: str, timeout: float) -> str:
-    """The first stdout line containing `needle`, read with a deadline (never blocks forever)."""
-    deadline = time.monotonic() + timeout
+    """The first stderr line (where the CLI logs) containing `needle`, read with a deadline (never
+    blocks forever). Read from the descriptor: a buffered readline could hold the line unseen by select."""
+    deadline, fd, seen = time.monotonic() + timeout, process.stderr.fileno(), b""
     while time.monotonic() < deadline and process.poll() is None:
-        ready, _, _ = select.select([process.stdout], [], [], 0.2)
+        ready, _, _ = select.select([fd], [], [], 0.2)
         if ready:
-            line = process.stdout.readline()
-            if needle in line:
-                return line
+            seen += os.read(fd, 1 << 16)
+            for line in seen.decode(errors="replace").splitlines():
+                if needle in line:
+                    return line
     raise AssertionError(f"no line with {needle!r} within {timeout} s (exit code {process.poll()})")
 
 
@@ -424,3 +427,13 @@ def test_cli_server_runs_without_torch_on_the_runtime_library(torch_state):
     assert "accelc.runtime.server" in modules and not [m for m in modules if m.startswith("torch")]
     assert not {"accelc.capture.export", "accelc.compile", "accelc.passes", "accelc.backends"} & set(modules)
     assert "libtvm_runtime.so" in report["libraries"] and "libtvm.so" not in report["libraries"]
+
+
+@pytest.mark.parametrize("missing", ["starlette", "uvicorn", "prometheus_client"])
+def test_without_the_serve_extra_the_cli_gives_one_coded_error(missing):
+    """The runtime alone does not need the server libraries; `accelc serve` without them is E510."""
+    code = (f"import sys; sys.modules[{missing!r}] = None; from accelc.cli.main import main; "
+            f"sys.exit(main(['serve', {str(shared_artifact())!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "error[E510]" in done.stderr and missing in done.stderr, done.stderr
+    assert "pip install 'accelc[serve]'" in done.stderr and "Traceback" not in done.stderr

@@ -17,8 +17,8 @@ from accelc.backends.tvm import pipeline
 from accelc.backends.tvm.tune import driver as tune
 from accelc.backends.tvm.tune import database as tune_db
 from accelc.backends.tvm.tune import metaschedule as tune_ms
-from accelc.errors import RecipeError, TuningError
-from tests.fixtures.helpers import assert_cli_user_error, at, cli, make_repo, scratch_dir, write_recipe
+from accelc.errors import TuningError
+from tests.fixtures.helpers import Recording, assert_cli_user_error, at, cli, make_repo, scratch_dir, write_recipe
 from tests.fixtures.models import tiny_mlp
 
 SKYLAKE = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake"}
@@ -47,11 +47,11 @@ TOPPED = BASE + "tuning: {per_task: 1, threads: 1}\n"
 def tuned():
     """`accelc tune` with a time budget, then a build that tunes the kernel it left without records."""
     repo = make_repo(scratch_dir() / "tune-repo")
-    lines: list[str] = []
-    summary = compile_mod.tune_recipe(write_recipe(repo, TIMED, "timed.yaml"), log=lines.append)
+    log = Recording()
+    summary = compile_mod.tune_recipe(write_recipe(repo, TIMED, "timed.yaml"), logger=log.logger)
     built = compile_mod.build(write_recipe(repo, TOPPED, "topped.yaml"), output=repo / "build" / "topped",
-                              log=lines.append, use_cache=False)
-    return repo, summary, lines, built
+                              cache=False, logger=log.logger)
+    return repo, summary, log.lines, built
 
 
 def target_of(repo, name="x86"):
@@ -61,7 +61,7 @@ def target_of(repo, name="x86"):
 def tunable_of(repo, target):
     loaded = recipe_mod.load(repo / "timed.yaml")
     spec = targets.resolve("x86", repo)
-    lowered = compile_mod._lower(loaded, spec, lambda *_: None, lambda *_: None)[-1]
+    lowered = compile_mod._lower(loaded, spec, lambda *_: None, None)[-1]
     return tune.tunable_module(lowered.mod, target)
 
 
@@ -85,9 +85,9 @@ def test_time_budget_stops_after_the_first_batch_and_keeps_it(tuned):
 
 def test_a_build_tunes_only_what_has_no_records_and_applies_them(tuned):
     repo, _, _, built = tuned
-    summary = built.manifest["tuning"]
-    assert summary["tuned_tasks"] == 2 and summary["defaulted_tasks"] == 0 and summary["trials"] == 2
-    assert sorted(row["status"] for row in summary["kernels"]) == ["reused", "tuned"]
+    summary = built.manifest.tuning
+    assert summary.tuned_tasks == 2 and summary.defaulted_tasks == 0 and summary.trials == 2
+    assert sorted(row.status for row in summary.kernels) == ["reused", "tuned"]
     assert built.report["status"] == "passed"  # the tuned artifact matches eager PyTorch
     x = np.random.default_rng(0).standard_normal((4, 8), dtype=np.float32)
     want = tiny_mlp(features=8, hidden=16)(torch.from_numpy(x)).detach().numpy()
@@ -104,7 +104,7 @@ def test_records_round_trip_and_are_applied(tuned):
     target = target_of(repo)
     reopened = tune_db.open_database(repo / ".accelc" / "tuning", target)  # what a fresh process sees
     measured = tune_db.schedules(reopened.get_all_tuning_records())  # confirmation measures some twice
-    assert measured == summary["trials"] + built.manifest["tuning"]["trials"]
+    assert measured == summary["trials"] + built.manifest.tuning.trials
     with target, reopened:
         applied = tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(tunable_of(repo, target))
     assert scheduled_funcs(applied) == 2
@@ -150,7 +150,7 @@ def test_confirmation_measures_the_default_and_the_best_side_by_side(tuned):
         assert tune_ms.same_trace(database.get_top_k(workload, 1)[0].trace, other.trace)
         tasks.append(task)
         traces.append((default.sch.trace, other.trace))
-    kept = tune_ms.confirm(tasks, ms.runner.LocalRunner(timeout_sec=30), database, lambda _: None)
+    kept = tune_ms.confirm(tasks, ms.runner.LocalRunner(timeout_sec=30), database, Recording().logger)
     defaults_won = 0
     for task, (default, other) in zip(tasks, traces):
         records = database.get_top_k(database.commit_workload(task.dispatched[0]), 4)
@@ -199,9 +199,9 @@ def test_a_renamed_target_folder_is_refused(tuned, tmp_path):
     repo = tuned[0]
     haswell, skylake = target_of(repo), tune.tuning_target(tvm.target.Target(SKYLAKE), 1)
     shutil.copytree(tune_db.folder_for(repo / ".accelc" / "tuning", haswell), tmp_path / tune_db.database_key(skylake))
-    with pytest.raises(RecipeError) as info:
+    with pytest.raises(TuningError) as info:
         tune_db.open_database(tmp_path, skylake)
-    assert info.value.code == "E603"
+    assert info.value.code == "E620"
 
 
 def test_merge_adds_each_record_once(tuned, tmp_path, capsys):
@@ -228,8 +228,8 @@ def test_merge_refuses_what_is_not_a_database(tmp_path, capsys):
 
 def test_tune_resume_with_the_budget_spent_tunes_nothing(tuned, capsys):
     repo = tuned[0]
-    code, out, _ = cli(["tune", repo / "topped.yaml", "--resume"], capsys)
-    assert code == 0 and "tuning 0 of 2 kernel(s)" in out and "(stopped by nothing to tune)" in out
+    code, _, err = cli(["tune", repo / "topped.yaml", "--resume"], capsys)
+    assert code == 0 and "tuning 0 of 2 kernel(s)" in err and "(stopped by nothing to tune)" in err
 
 
 def test_corrupt_database_is_refused_and_kept(tmp_path):
@@ -238,9 +238,9 @@ def test_corrupt_database_is_refused_and_kept(tmp_path):
     folder.mkdir()
     (folder / "records.json").write_text("{not json\n")
     (folder / "workloads.json").write_text("garbage\n")
-    with pytest.raises(RecipeError) as info:
+    with pytest.raises(TuningError) as info:
         tune_db.open_database(tmp_path, target, "recipe.yaml:9:3")
-    assert info.value.code == "E602" and "recipe.yaml:9:3" in info.value.format()
+    assert info.value.code == "E619" and "recipe.yaml:9:3" in info.value.format()
     assert (folder / "records.json").read_text() == "{not json\n"
     assert (folder / "workloads.json").read_text() == "garbage\n"
 
@@ -248,9 +248,9 @@ def test_corrupt_database_is_refused_and_kept(tmp_path):
 def test_unwritable_database_path(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(RecipeError) as info:
+    with pytest.raises(TuningError) as info:
         tune_db.open_database(blocker / "db", tvm.target.Target(SKYLAKE))
-    assert info.value.code == "E601"
+    assert info.value.code == "E618"
 
 
 def test_unwritable_database_in_a_recipe_is_reported_at_its_line(tmp_path, capsys):
@@ -258,7 +258,7 @@ def test_unwritable_database_in_a_recipe_is_reported_at_its_line(tmp_path, capsy
     (repo / "blocker").write_text("x")
     text = BASE + "tuning: {trials: 4, threads: 1, database: blocker/db}\n"
     path = write_recipe(repo, text)
-    err = assert_cli_user_error(["tune", path], capsys, "E601")
+    err = assert_cli_user_error(["tune", path], capsys, "E618")
     assert at(path, text, "blocker/db") in err and "tuning.database" in err
 
 
@@ -286,7 +286,7 @@ def test_local_tuning_for_a_target_this_machine_cannot_run_points_to_rpc(tmp_pat
     text = BASE.replace("target: x86", "target: arm64") + "tuning: {trials: 8}\n"
     code, out, err = cli(["tune", write_recipe(repo, text)], capsys)
     assert code == 2 and "error[E614]" in err and "rpc" in err
-    assert "[2/4]" not in out  # refused before any work
+    assert "[1/4]" in err and "[2/4]" not in err  # refused before any work
 
 
 def test_tune_without_a_budget_is_an_error(tmp_path, capsys):

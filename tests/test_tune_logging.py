@@ -41,7 +41,7 @@ def test_tuning_twice_in_one_process_with_an_unnamed_handler_attached(tmp_path):
         repo = make_repo(tmp_path / "repo")
         recipe = write_recipe(repo, RECIPE)
         for _ in range(2):  # MetaSchedule's own logger set-up crashed here: handler.get_name() is None
-            summary = compile_mod.tune_recipe(recipe, log=lambda line: None)
+            summary = compile_mod.tune_recipe(recipe)
             assert summary["tasks"] == 2 and summary["trials"] >= 1
         # the process's loggers are as they were: nothing reconfigured, nothing added
         assert meta_schedule.handlers == [*before[2], recorder] and recorder.get_name() is None

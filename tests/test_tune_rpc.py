@@ -17,7 +17,7 @@ from accelc.backends.tvm.tune import driver as tune
 from accelc.backends.tvm.tune import database as tune_db
 from accelc.backends.tvm.tune import rpc as tune_rpc
 from accelc.errors import TuningError
-from tests.fixtures.helpers import make_repo, scratch_dir, write_recipe
+from tests.fixtures.helpers import Recording, make_repo, scratch_dir, write_recipe
 
 KEY = "accelc-loopback"
 LOCALHOST = "127.0.0.1"
@@ -76,8 +76,8 @@ def farm():
 def remote_tuned(farm):
     repo = make_repo(scratch_dir() / "rpc-repo")
     path = write_recipe(repo, recipe(farm))
-    lines: list[str] = []
-    return repo, path, compile_mod.tune_recipe(path, log=lines.append), lines
+    log = Recording()
+    return repo, path, compile_mod.tune_recipe(path, logger=log.logger), log.lines
 
 
 def test_candidates_are_measured_on_the_two_servers(remote_tuned):
@@ -90,13 +90,13 @@ def test_candidates_are_measured_on_the_two_servers(remote_tuned):
 
 def test_the_build_applies_the_remote_records(remote_tuned):
     repo, path, _, _ = remote_tuned
-    result = compile_mod.build(path, output=repo / "build" / "remote", log=lambda *_: None, use_cache=False)
-    summary = result.manifest["tuning"]
-    assert summary["stopped_by"] == "nothing to tune" and summary["tuned_tasks"] == 1
+    result = compile_mod.build(path, output=repo / "build" / "remote", cache=False)
+    summary = result.manifest.tuning
+    assert summary.stopped_by == "nothing to tune" and summary.tuned_tasks == 1
     assert result.report["status"] == "passed"
     loaded, spec = recipe_mod.load(path), targets.resolve("x86", repo)
     target = tune.tuning_target(spec.tvm_target(), 1)
-    lowered = compile_mod._lower(loaded, spec, lambda *_: None, lambda *_: None)[-1]
+    lowered = compile_mod._lower(loaded, spec, lambda *_: None, None)[-1]
     database = tune_db.open_database(repo / ".accelc" / "tuning", target)
     with target, database:
         applied = tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(
@@ -108,7 +108,7 @@ def test_the_build_applies_the_remote_records(remote_tuned):
 def test_an_unknown_key_lists_the_keys_there(farm, tmp_path):
     path = write_recipe(make_repo(tmp_path / "repo"), recipe(farm, key="no-such-board"))
     with pytest.raises(TuningError) as info:
-        compile_mod.tune_recipe(path, log=lambda *_: None)
+        compile_mod.tune_recipe(path)
     assert info.value.code == "E613" and farm in info.value.format() and KEY in info.value.format()
 
 
@@ -116,7 +116,7 @@ def test_an_unreachable_tracker_is_named_without_waiting(tmp_path):
     address = f"{LOCALHOST}:{free_port()}"  # nothing listens there
     path = write_recipe(make_repo(tmp_path / "repo"), recipe(address, timeout=5))
     with pytest.raises(TuningError) as info:
-        compile_mod.tune_recipe(path, log=lambda *_: None)
+        compile_mod.tune_recipe(path)
     assert info.value.code == "E611" and address in info.value.format()
     assert f"{path}:" in info.value.format()  # the recipe line of the tracker
 

@@ -8,7 +8,7 @@ import pytest
 
 from accelc import compile as compile_mod, emulate
 from accelc.config import targets
-from tests.fixtures.helpers import ROOT, make_repo, require, write_recipe
+from tests.fixtures.helpers import ROOT, Recording, make_repo, require, write_recipe
 from tests.models.families import FAMILIES
 
 QUANTIZE = {"dynamic": "[{kind: quantize, mode: dynamic}]",
@@ -30,12 +30,12 @@ def repo(tmp_path_factory):
 
 
 def build(repo, text: str, tag: str, size: int, target: str | None = None):
-    lines: list[str] = []
+    log = Recording()
     built = compile_mod.build(write_recipe(repo, text, f"{tag}.yaml"), target=target, output=repo / tag,
-                              log=lines.append)
-    assert built.report["status"] == "passed", "\n".join(lines)
+                              logger=log.logger)
+    assert built.report["status"] == "passed", "\n".join(log.lines)
     assert {row["batch"] for row in built.report["rows"]} == {size, size + 1}  # built, and padded or split
-    return built, lines
+    return built, log.lines
 
 
 @pytest.mark.slow
@@ -45,9 +45,9 @@ def test_float32_builds_and_verifies(repo, family):
     assert built.report["reference"] == "original model"
     source = FAMILIES[family][0]
     if not isinstance(source, str):  # named outputs of a Hugging Face model
-        assert [o["name"] for o in built.manifest["outputs"]] == source["outputs"]
+        assert [o.name for o in built.manifest.outputs] == source["outputs"]
     if family in ("gpt2", "llama"):  # causal masks: (ids != pad).cumsum(-1) in torch's int64
-        assert "integer_cumsum" in {r["repair"] for r in built.manifest["repairs"]}
+        assert "integer_cumsum" in {r.repair for r in built.manifest.repairs}
 
 
 @pytest.mark.slow
@@ -55,11 +55,11 @@ def test_float32_builds_and_verifies(repo, family):
 def test_int8_builds_and_verifies_at_batch_one(repo, family):
     mode = FAMILIES[family][2]
     built, _ = build(repo, recipe(family, "[1]", QUANTIZE[mode]), f"{family}-{mode}", 1)
-    report = built.manifest["passes"][0]
-    assert report["kind"] == "quantize" and report["mode"] == mode
-    assert any(row["dtype"] == "int8" for row in report["layers"]), report["layers"]
+    report = built.manifest.passes[0]
+    assert report.kind == "quantize" and report.stats["mode"] == mode
+    assert any(row["dtype"] == "int8" for row in report.stats["layers"]), report.stats["layers"]
     # every layer left in float32 says why (depthwise/grouped convolutions, narrow layers, fallback)
-    assert all("reason" in row for row in report["layers"] if row["dtype"] == "float32")
+    assert all("reason" in row for row in report.stats["layers"] if row["dtype"] == "float32")
 
 
 @pytest.mark.slow
