@@ -4,7 +4,7 @@ accepts each one or refuses it with coded, located errors; never another excepti
     python benchmarks/fuzz_recipes.py [--cases 20000] [--seed 0] [--timeout 10]
 
 Prints the number of cases and the outcomes per mutation class and per error code; exits 1 if any
-case crashed, hung or produced an error without a location. tests/test_fuzz_recipes.py drives the
+case crashed, hung or produced an error without a location. tests/unit/config/test_fuzz_recipes.py drives the
 same mutations with hypothesis.
 """
 from __future__ import annotations

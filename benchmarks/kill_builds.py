@@ -14,7 +14,7 @@ Two kinds of kill points:
     python benchmarks/kill_builds.py [--builds 40] [--staging-rounds 20] [--tunes 20] [--seed 0]
 
 Prints the outcomes per kill point and exits 1 if any output was partial or a rebuild failed.
-tests/test_crash_safety.py runs a few of the same kill points in CI.
+tests/integration/test_crash_safety.py runs a few of the same kill points in CI.
 """
 from __future__ import annotations
 

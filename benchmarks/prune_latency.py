@@ -28,7 +28,7 @@ from common import print_table, time_calls  # noqa: E402
 
 from accelc.config import targets  # noqa: E402
 from accelc.backends.tvm.lower import relax as lower  # noqa: E402
-from accelc.capture.export import _drop_guards  # noqa: E402
+from accelc.capture.export import drop_guards  # noqa: E402
 from accelc.passes import PASSES, PassContext, run_passes  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def capture(model: nn.Module, shape: tuple) -> tuple:
     example = (torch.randn(2, *shape),)
     dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},)
     gm = torch.export.export(model.eval(), example, dynamic_shapes=dynamic, strict=False).module()
-    _drop_guards(gm)
+    drop_guards(gm)
     return gm, example
 
 

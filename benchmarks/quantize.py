@@ -39,7 +39,7 @@ from common import print_table  # noqa: E402
 from accelc.config import targets  # noqa: E402
 from accelc.backends.tvm.lower import relax as lower  # noqa: E402
 from accelc.backends.tvm.lower import quant as quant_lower
-from accelc.capture.export import _drop_guards  # noqa: E402
+from accelc.capture.export import drop_guards  # noqa: E402
 from accelc.passes import PASSES, PassContext, run_passes  # noqa: E402
 
 CALIBRATION: dict = {}
@@ -67,7 +67,7 @@ def capture(model: nn.Module, shape: tuple):
         warnings.simplefilter("ignore")
         gm = torch.export.export(model, example, dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
                                  strict=False).module()
-    _drop_guards(gm)
+    drop_guards(gm)
     return gm, example
 
 

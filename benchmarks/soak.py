@@ -6,7 +6,7 @@ bounded.
 
 Without ARTIFACT it builds the shared test artifact (two float32 inputs [batch, 3]). Prints calls
 made, mismatches, errors and RSS at the start (after warm-up) and the end; exits 1 on any mismatch
-or unexpected error. tests/test_soak.py runs a short version.
+or unexpected error. tests/integration/test_soak.py runs a short version.
 """
 from __future__ import annotations
 

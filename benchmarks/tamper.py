@@ -10,7 +10,7 @@ other case must be refused. Signed, every case must be refused.
     python benchmarks/tamper.py [ARTIFACT] [--offsets 64]
 
 Without ARTIFACT it builds the tiny test MLP first. Exits 1 if a case that must be refused was not.
-tests/test_signing.py runs the same cases.
+tests/unit/artifact/test_signing.py runs the same cases.
 """
 from __future__ import annotations
 

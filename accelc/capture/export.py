@@ -274,7 +274,7 @@ def _capture_at(loaded: LoadedRecipe, model: torch.nn.Module, batch: int, dynami
                          hint="the model must be traceable by torch.export (no data-dependent Python control flow)"
                          ) from None
     graph = program.module()
-    _drop_guards(graph)
+    drop_guards(graph)
     _explicit_conv_padding(graph)
     return Captured(model, graph, to_torch(example), dynamic, names)
 
@@ -332,7 +332,7 @@ def _per_dim(value, dims: int) -> list[int]:
     return list(value) * (dims if len(value) == 1 else 1) if isinstance(value, (list, tuple)) else [value] * dims
 
 
-def _drop_guards(gm: torch.fx.GraphModule) -> None:
+def drop_guards(gm: torch.fx.GraphModule) -> None:
     """torch.export's input-guard submodule: we check shapes ourselves, the backends cannot import it."""
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target.startswith("_guards"):

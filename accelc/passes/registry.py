@@ -3,7 +3,7 @@
 PASS_CONFIGS without loading torch; run_passes asks `implementation(kind)` for the class.
 
 A new pass: its config in configs/<pass>.py, its implementation in <pass>.py, one row here, and an
-entry in tests/passes/test_conformance.py EXAMPLES."""
+entry in tests/unit/passes/test_conformance.py EXAMPLES."""
 from __future__ import annotations
 
 import importlib

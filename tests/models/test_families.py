@@ -63,6 +63,7 @@ def test_int8_builds_and_verifies_at_batch_one(repo, family):
 
 
 @pytest.mark.slow
+@pytest.mark.arm
 @pytest.mark.parametrize("family, passes", [("bert", "[]"), ("gpt2", "[]"), ("resnet", "[]"),
                                             ("bert", QUANTIZE["dynamic"]), ("resnet", QUANTIZE["static"])])
 def test_arm_subset_verifies_under_emulation(repo, family, passes):

@@ -18,6 +18,8 @@ DEFAULT_POLICY = Int8Policy(activation_bits=7, min_outputs=8, reason=(
     "accelc's default without a target policy: 7-bit activations are exact in every int8 kernel"))
 _BOOL = TypeAdapter(bool)
 _OUTPUTS = TypeAdapter(Annotated[int, Field(ge=1, le=MAX_OUTPUTS)])
+# field -> (its non-auto values, how an error names them)
+_AUTO_OR = {"reduce_range": (_BOOL, ", true or false"), "min_outputs": (_OUTPUTS, f" or an integer in [1, {MAX_OUTPUTS}]")}
 
 
 class FallbackConfig(BaseModel):
@@ -82,22 +84,15 @@ class QuantizeConfig(PassConfig):
     fallback: FallbackConfig | None = Field(None, description="Accuracy-aware fallback: revert the most "
                                             "sensitive layers to float32 until verify.metric holds.")
 
-    @field_validator("reduce_range", mode="before")
+    @field_validator("reduce_range", "min_outputs", mode="before")
     @classmethod
-    def _reduce_range(cls, value):
+    def _auto_or_value(cls, value, info):
         """One message instead of one per member of the union."""
+        adapter, expected = _AUTO_OR[info.field_name]
         try:
-            return value if value == "auto" else _BOOL.validate_python(value)
+            return value if value == "auto" else adapter.validate_python(value)
         except ValidationError:
-            raise ValueError(f"reduce_range is auto, true or false, got {value!r:.40}") from None
-
-    @field_validator("min_outputs", mode="before")
-    @classmethod
-    def _min_outputs(cls, value):
-        try:
-            return value if value == "auto" else _OUTPUTS.validate_python(value)
-        except ValidationError:
-            raise ValueError(f"min_outputs is auto or an integer in [1, {MAX_OUTPUTS}], got {value!r:.40}") from None
+            raise ValueError(f"{info.field_name} is auto{expected}, got {value!r:.40}") from None
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -4,7 +4,7 @@ TVM lowers `log`/`exp` to LLVM intrinsics that LLVM turns into one libm call per
 vectorised loop stalls on 8 scalar calls per vector, and edu_churn's folded preprocessing
 (log1p of 24 columns) spent most of its time there. These rules expand the call into the Cephes
 polynomials (as in sse_mathfun / Eigen) built from plain arithmetic and bit operations, which
-LLVM keeps in vector registers. Accuracy (tests/test_vector_math.py, against numpy in float64):
+LLVM keeps in vector registers. Accuracy (tests/unit/backends/test_vector_math.py, against numpy in float64):
 log within 1 ulp over all positive floats, denormals included; exp within 2 ulp over its whole
 range, denormal results included; zero, negatives, infinities and NaN give what libm gives.
 """
