@@ -1,13 +1,12 @@
 """float32 2-D convolutions on CPU targets as im2col + the register-tiled matmul, in one kernel.
 
-TVM 0.27's CPU pipeline has no default schedule for conv2d: untuned, the ResNet-style CNN of
-benchmarks/quantize.py ran 10x slower than eager PyTorch (29.9 ms against 2.8 ms at batch 1).
+TVM 0.27's CPU pipeline has no default schedule for conv2d, and untuned it runs naive loops.
 Lowered the way the int8 path lowers its convolutions (patches.im2col: NHWC patches, one
-contiguous run of channels per tap), a convolution is a matmul that schedules/matmul.py tiles,
-and the same CNN ran in 0.66 ms. Patches and matmul are one kernel: the schedule computes each
-row tile's patches just before the tile, in L1, where a separate im2col kernel wrote all of them
-to memory first (9x the input for a 3x3 kernel; the CNN at batch 16: 9.2 -> 6.2 ms). The weight
-reshapes depend on parameters only and run once at load (LiftTransformParams).
+contiguous run of channels per tap), a convolution is a matmul that schedules/matmul.py tiles.
+Patches and matmul are one kernel: the schedule computes each row tile's patches just before the
+tile, in L1, instead of writing all of them to memory first (9x the input for a 3x3 kernel). The
+weight reshapes depend on parameters only and run once at load (LiftTransformParams). Measured
+effects: benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 

@@ -96,8 +96,7 @@ def tune(mod: tvm.IRModule, target, root: Path, section, *, mode: str = "missing
     found = [t for t in ms.relax_integration.extract_tasks(tunable_module(mod, target), target)
              if not t.mod.attrs.get("tirx.is_scheduled", False)]  # MetaSchedule would skip these
     # Kernels without a reduction keep the default elementwise schedule: MetaSchedule can only vary
-    # their parallel/vectorize/unroll annotations, and spent ~90 s per batch of candidates on the
-    # edu_churn preprocessing kernel here.
+    # their parallel/vectorize/unroll annotations, at a high price per batch of candidates.
     reduces = [find_anchor_sblock(t.dispatched[0]) is not None for t in found]
     tasks = [t for t, r in zip(found, reduces) if r] + [t for t, r in zip(found, reduces) if not r]
     names, tunable = [t.task_name for t in tasks], sum(reduces)

@@ -1,5 +1,5 @@
 """MetaSchedule glue: the search run with accelc's budgets, progress line and the workarounds
-TVM 0.27 needs on a CPU host (measured here, see tune.py)."""
+TVM 0.27 needs on a CPU host (see tune/driver.py)."""
 from __future__ import annotations
 
 import logging
