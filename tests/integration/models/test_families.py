@@ -9,10 +9,10 @@ import pytest
 from accelc import compile as compile_mod, emulate
 from accelc.config import targets
 from tests.fixtures.helpers import ROOT, Recording, make_repo, require, write_recipe
-from tests.models.families import FAMILIES
+from tests.fixtures.families import FAMILIES
 
 QUANTIZE = {"dynamic": "[{kind: quantize, mode: dynamic}]",
-            "static": "[{kind: quantize, mode: static}]\ndata: {calibration: tests.models.families:images}"}
+            "static": "[{kind: quantize, mode: static}]\ndata: {calibration: tests.fixtures.families:images}"}
 
 
 def recipe(family: str, batch: str, passes: str = "[]") -> str:
