@@ -162,6 +162,8 @@ class DataSection(Strict):
                                     "inputs for static quantization.")
     validation: str | None = Field(None, pattern=ENTRYPOINT, description="Callable returning (inputs, labels) "
                                    "on which verify.metric is evaluated.")
+    train: str | None = Field(None, pattern=ENTRYPOINT, description="Callable returning (inputs, labels) to "
+                              "fine-tune on after pruning; the default of prune's finetune.data.")
     csv: str | None = Field(None, description="CSV file (relative to the repository) with the validation data "
                             "for verify.metric: the first input's `columns` plus the label column.")
     label: str | None = Field(None, description="Label column of data.csv (0/1 for binary metrics).")

@@ -46,7 +46,7 @@ def trainable(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
 
 def resolve_source(config: FinetuneConfig, loaded):
     """(callable, name) of the training data, or (None, why not)."""
-    spec = config.data or (getattr(loaded.recipe.data, "train", None) if loaded is not None else None)
+    spec = config.data or (loaded.recipe.data.train if loaded is not None else None)
     if not spec:
         return None, "no training data: give finetune.data or the recipe's data.train"
     if loaded is None:

@@ -87,6 +87,31 @@ def test_finetune_recovers_accuracy(loaded):
     assert all(not p.requires_grad for p in tuned.graph.parameters())
 
 
+def test_the_recipes_data_train_is_the_default_source(tmp_path):
+    """`data.train` in the recipe feeds finetune when finetune.data is not given: the same training
+    as naming the source explicitly."""
+    (tmp_path / "ft_data_prune.py").write_text(DATA)
+    (tmp_path / "r.yaml").write_text(textwrap.dedent("""\
+        version: 1
+        name: ft
+        model:
+          entrypoint: ft_model:build
+          inputs:
+            - {name: x, shape: [batch, 12]}
+        data: {train: "ft_data_prune:binary_train"}
+        """))
+    with_train = recipe_mod.load(tmp_path / "r.yaml")
+    graphs = []
+    for loaded, finetune in ((with_train, {}), (with_train, {"data": "ft_data_prune:binary_train"})):
+        model, inputs, gm = captured("mlp")
+        result = run(gm, inputs, loaded, method="l1_structured", amount=0.25,
+                     finetune={"steps": 3, "lr": 0.01, "batch_size": 16, **finetune})
+        assert result.stats["finetune"]["status"] == "done", result.stats["finetune"]
+        graphs.append(result.graph)
+    x = torch.randn(8, 12)
+    torch.testing.assert_close(graphs[0](x), graphs[1](x), rtol=0, atol=0)
+
+
 def test_gradient_accumulation_equals_one_big_batch(loaded):
     graphs = []
     for accumulate, batch in ((4, 16), (1, 64)):
