@@ -23,7 +23,6 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from accelc.runtime import predictor as runtime  # noqa: E402
 from accelc.runtime import server as serve
 from accelc.errors import InputError  # noqa: E402
 from accelc.runtime.server import ServeOptions, bind  # noqa: E402
@@ -31,18 +30,6 @@ from tests.fixtures.helpers import ROOT, assert_cli_user_error, pair_eager, pair
 from tests.fixtures.servers import half_request, live  # noqa: E402
 
 RTOL, ATOL = 1e-5, 1e-6
-LIMITS = {"max_batch_rows": 16, "max_body_bytes": 64 << 10, "threads": 2}
-
-
-@pytest.fixture(scope="module")
-def predictor():
-    return runtime.load(shared_artifact())
-
-
-@pytest.fixture(scope="module")
-def url(predictor):
-    with live(predictor, **LIMITS) as base:
-        yield base
 
 
 @pytest.fixture(scope="module")

@@ -21,23 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 import accelc  # noqa: E402
-from accelc.runtime import predictor as runtime  # noqa: E402
-from tests.fixtures.helpers import pair_inputs, shared_artifact  # noqa: E402
-from tests.fixtures.servers import half_request, live  # noqa: E402
+from tests.fixtures.helpers import pair_inputs  # noqa: E402
+from tests.fixtures.servers import LIMITS, half_request, live  # noqa: E402
 
-LIMITS = {"max_batch_rows": 16, "max_body_bytes": 64 << 10, "threads": 2}
 INFER = "/v2/models/pair/infer"
-
-
-@pytest.fixture(scope="module")
-def predictor():
-    return runtime.load(shared_artifact())
-
-
-@pytest.fixture(scope="module")
-def url(predictor):
-    with live(predictor, **LIMITS) as base:
-        yield base
 
 
 @pytest.fixture(scope="module")

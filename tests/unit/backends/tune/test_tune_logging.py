@@ -6,19 +6,9 @@ import logging
 
 from accelc import compile as compile_mod
 from tests.fixtures.helpers import make_repo, write_recipe
+from tests.fixtures.tuning import BASE
 
-RECIPE = """\
-version: 1
-name: logged
-model:
-  entrypoint: tests.fixtures.models:tiny_mlp
-  kwargs: {features: 8, hidden: 16}
-  inputs:
-    - {name: x, shape: [batch, 8], dtype: float32}
-  batch: [4]
-target: x86
-tuning: {trials: 8, time_budget: 1, threads: 1, database: tuning-db}
-"""
+RECIPE = BASE + "tuning: {trials: 8, time_budget: 1, threads: 1, database: tuning-db}\n"
 
 
 class Recorder(logging.Handler):
