@@ -1,5 +1,5 @@
-"""float32 convolutions on CPU targets: im2col fused into the tiled matmul, equal to PyTorch on odd shapes;
-what it does not cover (groups, transposed, 1-D) still imports as TVM's own convolution."""
+"""float32 convolutions on CPU targets: im2col fused into the tiled matmul, equal to PyTorch on odd shapes
+(grouped, depthwise, 1-D and transposed ones: test_conv_kinds.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,14 +29,3 @@ def test_convolution_as_im2col_matches_torch(conv):
     assert len(kernels) == 2
     for func in kernels.values():
         assert "matmul_update" in tir.blocks(func) and len(tir.top_loops(func)) == 1, func
-
-
-def test_grouped_convolution_keeps_tvms_lowering():
-    torch.manual_seed(0)
-    model = torch.nn.Conv2d(8, 8, 3, padding=1, groups=4).eval()
-    x = np.random.default_rng(2).standard_normal((1, 8, 6, 6), dtype=np.float32)
-    got, main, _ = compile_and_run(model, x)
-    with torch.no_grad():
-        want = model(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    assert "R.nn.conv2d" in main and "im2col" not in main

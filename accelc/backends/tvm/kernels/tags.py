@@ -14,6 +14,7 @@ KEY = "accelc.kernel"  # the block annotation that holds the tag
 
 GEMM = "gemm"  # float32 C[i, j] = sum_k A[i, k] * B[k, j] (also with int8 B converted in the kernel)
 IM2COL = "im2col"  # patches of an NHWC image, one contiguous run of channels per tap
+DEPTHWISE = "depthwise"  # float32 depthwise convolution, NHWC: out[n, y, x, o] = sum over taps of x * w[r, s, o]
 INT8_GEMM = "int8.gemm"  # uint8 x int8 -> int32 over weights packed for a micro-kernel
 INT8_GEMV = "int8.gemv"  # the same sum for a few output columns, weights row-major
 QUANTIZE_INPUT = "quantize.input"  # float32 -> uint8 of a GEMM's input, computed in the GEMM kernel
@@ -23,6 +24,7 @@ CONCAT = "concat"  # a concatenation (its inputs are computed row by row)
 MICROKERNEL = "accelc.microkernel"  # INT8_GEMM: the name of its micro-kernel (kernels/microkernels.py)
 ACTIVATION_BITS = "accelc.activation_bits"  # INT8_GEMM: 7 when the activations are at most 127, else 8
 PATCH_GROUP = "accelc.patch_group"  # IM2COL: channels per tap (C padded), the length of one vector copy
+PANEL_COLUMNS = "accelc.panel_columns"  # GEMM: B is packed as panels [N / this, K, this] (lower/gemm.py)
 
 # Tags of blocks TVM's legalization creates, by block name (fnmatch pattern, first match wins).
 TVM_NAMES = (

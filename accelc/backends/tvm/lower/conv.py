@@ -10,47 +10,53 @@ effects: benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
+import functools
+
 from tvm import relax, te
 
 from accelc.backends.tvm.kernels import tags
-from accelc.backends.tvm.lower.patches import conv_geometry, conv_weight, im2col
-from accelc.backends.tvm.lower.shapes import static_shape
+from accelc.backends.tvm.kernels.isa import Isa
+from accelc.backends.tvm.lower import gemm
+from accelc.backends.tvm.lower import conv_kinds, conv_spec
+from accelc.backends.tvm.lower.patches import conv_weight, im2col
 
 
-def _pair(value) -> list[int]:
-    value = list(value) if isinstance(value, (list, tuple)) else [value]
-    return value * 2 if len(value) == 1 else value
-
-
-def convert_conv2d(node, importer):
+def convert_conv2d(node, importer, isa: Isa):
     """aten.convolution(x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
-    plain 2-D float32 convolutions as im2col + matmul; anything else as TVM imports it."""
-    args = list(node.args) + [None] * (9 - len(node.args))
-    x, w = importer.env[args[0]], importer.env[args[1]]
-    shape = static_shape(x) if x.ty.shape is not None else []
-    if args[6] or (args[8] or 1) != 1 or len(shape) != 4 or str(x.ty.dtype) != "float32":
+    float32 convolutions in NHWC, 1-D ones as 2-D with H = 1: dense ones as im2col + matmul,
+    depthwise, grouped and transposed ones as conv_kinds.py lowers them; anything else (other
+    dtypes, 3-D, transposed with groups or dilation) as TVM imports it."""
+    conv = conv_spec.parse(node, importer)
+    if conv is None:
         return importer._convolution(node)
-    stride, padding, dilation = (_pair(v if v is not None else d) for v, d in zip(args[3:6], (1, 0, 1)))
-    batch, _, height, width = shape
-    out_channels, _, kh, kw = static_shape(w)
-    oh, ow = conv_geometry(height, width, (kh, kw), stride, padding, dilation)
     bb = importer.block_builder
-    nhwc = bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
-    weight = bb.emit(relax.op.permute_dims(conv_weight(bb, w)))
-    out = bb.emit_te(patches_matmul, nhwc, weight, (kh, kw), stride, padding, dilation,
-                     primfunc_name_hint="im2col_matmul")
-    bias = importer.env[args[2]] if args[2] is not None else None
-    out = bb.emit(relax.op.add(out, bias) if bias is not None else out)
-    return bb.emit(relax.op.permute_dims(relax.op.reshape(out, [batch, oh, ow, out_channels]), [0, 3, 1, 2]))
+    lower = conv_kinds.KINDS.get(conv.kind) or functools.partial(dense, isa=isa)
+    return conv_spec.from_nhwc(bb, conv, lower(bb, conv, conv_spec.to_nhwc(bb, conv)))
+
+
+def dense(bb, conv: conv_spec.Conv, nhwc, isa: Isa):
+    """Rows [N*OH*OW, O] of a dense convolution: patches and matmul in one kernel."""
+    w2d = conv_weight(bb, conv_spec.weight_4d(bb, conv))
+    weight = bb.emit(relax.op.permute_dims(w2d))
+    if gemm.packs(conv.out_channels, isa):
+        weight = gemm.pack_columns(bb, weight, gemm.panel_columns(isa))
+    return bb.emit_te(patches_matmul, nhwc, weight, conv.kernel, conv.stride, conv.padding, conv.dilation,
+                      primfunc_name_hint="im2col_matmul")
 
 
 def patches_matmul(x: te.Tensor, weight: te.Tensor, kernel, stride, padding, dilation) -> te.Tensor:
     """im2col and the matmul in one kernel: schedules/matmul.py computes each row tile's patches
-    just before the tile, in L1, instead of all patches to memory first (9x the input for 3x3)."""
+    just before the tile, in L1, instead of all patches to memory first (9x the input for 3x3).
+    `weight` is [K, N], or panels [N / nr, K, nr] (gemm.pack_columns)."""
     cols = im2col(x, 0.0, kernel, stride, padding, dilation)
+    if len(weight.shape) == 3:
+        return gemm.panel_matmul(cols, weight)
     k = te.reduce_axis((0, int(cols.shape[1])), name="k")
     return te.compute((cols.shape[0], weight.shape[1]), lambda i, j: te.sum(cols[i, k] * weight[k, j], axis=k),
                       name="matmul", attrs=tags.attrs(tags.GEMM))
 
 
-CONVERTERS = {"convolution.default": convert_conv2d}
+def converters(isa: Isa) -> dict:
+    """The importer's custom_convert_map entries for float GEMMs on a CPU of `isa` (the weight
+    panels' width depends on it)."""
+    return {"convolution.default": functools.partial(convert_conv2d, isa=isa), **gemm.converters(isa)}

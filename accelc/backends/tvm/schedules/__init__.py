@@ -13,6 +13,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
 from accelc.backends.tvm.kernels import tags
 from accelc.backends.tvm.schedules.concat import Concat
+from accelc.backends.tvm.schedules.depthwise import Depthwise
 from accelc.backends.tvm.schedules.elementwise import Elementwise
 from accelc.backends.tvm.schedules.im2col import Im2col
 from accelc.backends.tvm.schedules.inner_kept_reduction import InnerKeptReduction
@@ -27,6 +28,7 @@ RULES: tuple[tuple[str, CPUScheduleRule], ...] = (
     (tags.INT8_GEMV, Int8Gemv()),  # int8, a few output columns: one contiguous dot product per output
     (tags.IM2COL, Im2col()),  # patches alone (before an int8 GEMV): one vector copy per tap
     (tags.GEMM, Matmul()),  # float GEMM or convolution: register tile, vectorised, parallel; one column: GEMV
+    (tags.DEPTHWISE, Depthwise()),  # depthwise convolutions: pixels x a vector of channels, taps unrolled
     ("*", Tolerant(dlight.cpu.GEMV())),  # TVM's matrix-vector rule, where its analysis holds
     ("*", InnerKeptReduction()),  # sums over outer axes into a kept inner axis (NHWC pools, column sums)
     ("*", Tolerant(dlight.cpu.Reduction())),  # TVM's row reductions

@@ -58,9 +58,16 @@ def _tiled(sch, blocks, patches, extents: list[int], isa: isa_info.Isa):
     """A register tile of rows x 2 vectors, k in steps of K_STEPS, the epilogue applied as the tile
     is stored and a convolution's patches computed per row tile."""
     matmul = blocks[0]
-    *batch, i, j, k = sch.get_loops(matmul)
     lanes = isa.lanes()
-    rows, cols = min(ROWS * (2 if isa.avx512f else 1), extents[-3]), min(2 * lanes, extents[-2])
+    rows, cols = tile_rows(extents[-3], isa), min(2 * lanes, extents[-2])
+    panel = sch.get(matmul).annotations.get(tags.PANEL_COLUMNS)
+    if panel is not None:  # B packed in panels (lower/gemm.py): a tile is one panel wide
+        cols = int(panel)
+    padded = panel is None and patches is None and extents[-2] % cols != 0
+    if padded:  # a partial vector of columns would run scalar: B and C padded to whole tiles instead
+        blocks = _pad_columns(sch, blocks, len(extents) - 3, cols, lanes)
+        matmul = blocks[0]
+    *batch, i, j, k = sch.get_loops(matmul)
     io, ii = sch.split(i, [None, rows])
     jo, ji = sch.split(j, [None, cols])
     ko, ki = sch.split(k, [None, largest_divisor(extents[-1], K_STEPS)])
@@ -70,7 +77,9 @@ def _tiled(sch, blocks, patches, extents: list[int], isa: isa_info.Isa):
     # Accumulate the tile in a small buffer of its own so LLVM keeps it in registers across k.
     tile = sch.cache_write(matmul, 0, TILE_SCOPE)
     sch.reverse_compute_at(tile, jo)
-    if len(blocks) > 1:
+    if padded:  # the padded columns are not stored: the epilogue runs per row tile over the real
+        sch.reverse_compute_at(blocks[-1], io)  # columns, a plain loop LLVM vectorises with a remainder
+    elif len(blocks) > 1:
         sch.reverse_compute_inline(blocks[-1])  # bias/activation applied as the tile is stored
     if patches is not None:
         patches_per_tile(sch, patches, io)
@@ -84,6 +93,30 @@ def _tiled(sch, blocks, patches, extents: list[int], isa: isa_info.Isa):
     sch.vectorize(tile_loops[-1])
     sch.decompose_reduction(matmul, ko)
     return sch
+
+
+def tile_rows(m: int, isa: isa_info.Isa) -> int:
+    """Rows of the register tile: ROWS (2 x ROWS with AVX-512's 32 registers), else the nearest
+    count of rows the registers hold that divides m. Where none does, the last tile runs under a
+    row predicate, which costs nothing up to 6 rows but halves the speed of 8 (registers spill)."""
+    most = ROWS * (2 if isa.avx512f else 1)
+    if m <= most:
+        return m
+    fitting = (most, most - 1, most - 2, most + 2) if isa.avx512f else (most, most + 2, most + 1, most - 1)
+    return next((rows for rows in fitting if m % rows == 0), min(most, 6))
+
+
+def _pad_columns(sch, blocks, batch_axes: int, cols: int, lanes: int) -> list:
+    """Pad the GEMM's columns to a multiple of `cols` (TVM's pad_einsum): B is copied into a padded
+    buffer first (one vectorised pass), the GEMM computes whole tiles into a padded C, and the copy
+    back to C joins the epilogue. Returns the blocks as `_tiled` takes them: the GEMM first."""
+    matmul = blocks[0]
+    sch.pad_einsum(matmul, [1] * batch_axes + [1, cols, 1])
+    children = sch.get_child_blocks(sch.get_sblock("root"))
+    at = [sch.get(b).name_hint for b in children].index(sch.get(matmul).name_hint)
+    for pad in children[:at]:  # B's padded copy (A needs none: rows are not padded)
+        flat(sch, pad, lanes)
+    return children[at:]
 
 
 def _matvec(sch, blocks, extents: list[int], lanes: int):
