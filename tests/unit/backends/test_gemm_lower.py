@@ -73,3 +73,36 @@ def test_convolution_reads_panels_one_tile_wide():
     read = [r.source.shape for r in sch.get(sch.get_sblock("matmul_update")).reads]
     assert any(len(shape) == 3 and int(shape[2]) == COLUMNS for shape in read), read
     assert COLUMNS in {loop.extent for loop in tir.all_loops(func) if loop.kind == "vectorized"}
+
+
+def test_attention_scores_with_columns_no_whole_tile_pad_b_and_c():
+    """Q.Kᵀ with 19 keys (attention at a length no tile divides): B and C padded to whole vectors
+    of columns (a `_pad` block) instead of a scalar tail, equal to numpy with its scale epilogue."""
+    import tvm
+    from tvm import te
+    from accelc.backends.tvm.kernels import tags
+    from accelc.backends.tvm.schedules.matmul import Matmul
+    q, kt = te.placeholder((2, 13, 8), name="q"), te.placeholder((2, 8, 19), name="kt")
+    k = te.reduce_axis((0, 8), name="k")
+    scores = te.compute((2, 13, 19), lambda b, i, j: te.sum(q[b, i, k] * kt[b, k, j], axis=k), name="matmul",
+                        attrs=tags.attrs(tags.GEMM))
+    scaled = te.compute((2, 13, 19), lambda b, i, j: scores[b, i, j] * 0.125, name="T_multiply")
+    sch = Matmul().apply(te.create_prim_func([q, kt, scaled]), TARGET, False)
+    func = sch.mod["main"]
+    assert any(name.endswith("_pad") for name in tir.blocks(func))
+    assert COLUMNS in {loop.extent for loop in tir.all_loops(func) if loop.kind == "vectorized"}
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((2, 13, 8), dtype=np.float32), rng.standard_normal((2, 8, 19), dtype=np.float32)
+    out = tvm.runtime.tensor(np.zeros((2, 13, 19), np.float32))
+    exe = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=TARGET)
+    exe.mod["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), out)
+    np.testing.assert_allclose(out.numpy(), (a @ b) * 0.125, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("m,avx512,rows", [(128, False, 4), (196, False, 4), (49, False, 4), (18, False, 6),
+                                            (3136, True, 8), (196, True, 7), (49, True, 7), (197, True, 6),
+                                            (5, True, 5)])
+def test_register_tile_rows_divide_m_where_the_registers_allow(m, avx512, rows):
+    from accelc.backends.tvm.kernels.isa import Isa
+    from accelc.backends.tvm.schedules.matmul import tile_rows
+    assert tile_rows(m, Isa("x86_64", avx2=True, fma=True, avx512f=avx512)) == rows
