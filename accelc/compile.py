@@ -12,8 +12,9 @@ import numpy as np
 
 from accelc import __version__, logs
 from accelc.artifact import store as artifact
-from accelc.artifact.manifest import (BATCH, PENDING, BuildCache, DeviceCode, Manifest, PassReport, RecipeSource,
-                                      Repair, TargetInfo, TensorSpec, Tuning, Verification, Versions)
+from accelc.artifact.manifest import (BATCH, PENDING, BuildCache, DeviceCode, Dim, Manifest, PassReport,
+                                      RecipeSource, Repair, TargetInfo, TensorSpec, Tuning, Verification, Versions,
+                                      bucket_key)
 from accelc.capture import export as capture
 from accelc.verify import gate_data as data
 from accelc.capture import index_bounds
@@ -22,6 +23,7 @@ from accelc.config import resolve
 from accelc.config.recipe import Recipe
 from accelc.config.targets import Target
 from accelc.verify import compare as verify
+from accelc.verify import samples as samples_mod
 from accelc.artifact import cache as build_cache
 from accelc.errors import TuningError, VerificationError
 
@@ -90,6 +92,7 @@ def build(recipe: str | Path | Recipe, target: str | Target | None = None, *, ou
     from accelc.backends.tvm.lower import relax as lower  # the compiler side: imported only when building
 
     captured, graph, pass_reports, programs, lowered = _lower(loaded, spec, stage, logger, "and compiling ")
+    samples_mod.check_ranges(loaded, lowered.input_ranges)  # integer inputs sampled from a known range
     tvm_target, tuning, database = spec.tvm_target(), {"trials": 0}, None
     if recipe.tuning.enabled:  # only kernels without records are tuned: a rebuild never pays twice
         tvm_target, tuning, database = _tune(loaded, spec, lowered, logger, mode="missing")
@@ -147,7 +150,7 @@ def _lower(loaded, spec, stage, logger: logs.Logger | None, also: str = ""):
     if bounds.rewritten:
         repaired.append({"repair": "index_bounds", "nodes": bounds.rewritten})
     try:
-        programs = lower.export_programs(graph, recipe.model.inputs, recipe.model.batch)
+        programs = lower.export_programs(graph, recipe.model.inputs, recipe.model.batch, recipe.model.dims)
     except Exception as exc:  # the captured graph exported once; failing now means a pass broke it
         exc.add_note(f"re-exporting the rewritten graph failed after passes: "
                      f"{', '.join(r['kind'] for r in pass_reports) or 'none'}")
@@ -230,7 +233,8 @@ def _verify_emulated(loaded, spec, captured: capture.Captured, rewritten, folder
     if reason is None:
         try:
             with emulate.EmulatedPredictor(folder, spec) as predictor:
-                return {**_compare(loaded, captured, rewritten, predictor, validation, ranges),
+                return {**_compare(loaded, captured, rewritten, predictor, validation, ranges,
+                                   artifact.load_manifest(folder)),
                         "runner": predictor.description}
         except emulate.EmulatorUnavailable as exc:  # a broken root skips verification, never the build
             reason = f"{exc}; rebuild the root with `{emulate.SETUP_COMMAND} --force`"
@@ -239,14 +243,17 @@ def _verify_emulated(loaded, spec, captured: capture.Captured, rewritten, folder
 
 
 def _compare(loaded, captured: capture.Captured, rewritten, predictor, validation,
-             ranges: dict | None = None) -> dict:
+             ranges: dict | None = None, manifest: Manifest | None = None) -> dict:
     """The artifact (native or emulated predictor) vs the rewritten graph on the samples (ids drawn
     from `ranges`, the manifest's), and vs the original eager model by the metric."""
     run_compiled = lambda arrays: predictor.predict(*arrays)  # noqa: E731
     specs, sizes = loaded.recipe.model.inputs, loaded.recipe.model.batch
     run_reference = capture.eager_runner(captured.model, specs, sizes)
     run_rewritten = capture.eager_runner(rewritten, specs, sizes) if rewritten is not None else run_reference
-    report = verify.verify(run_compiled, run_rewritten, sample_sets(loaded, ranges),
+    sets, compared = sample_sets(loaded, ranges), (run_compiled, run_rewritten)
+    if loaded.recipe.model.dims:  # padding must be invisible, then only the real positions are compared
+        compared = bucketed(manifest or predictor.manifest, loaded, sets, run_reference, *compared)
+    report = verify.verify(*compared, sets,
                            loaded.recipe.verify.tolerance.atol,
                            loaded.recipe.verify.tolerance.rtol, captured.output_names)
     report["reference"] = "rewritten graph (after passes)" if rewritten is not None else "original model"
@@ -259,14 +266,27 @@ def _compare(loaded, captured: capture.Captured, rewritten, predictor, validatio
     return report
 
 
-def sample_sets(loaded, ranges: dict | None = None) -> list[tuple[int, list]]:
+def bucketed(manifest: Manifest, loaded, sets: list, run_eager, *runs):
+    """`runs` compared at the real positions of a named dimension, once the eager model is shown to
+    ignore the padding (verify/buckets.py; E602 otherwise)."""
+    from accelc.runtime.buckets import Buckets
+    from accelc.verify import buckets
+    cuts, batched = Buckets.of(manifest), [o.batched for o in manifest.outputs]
+    tolerance = loaded.recipe.verify.tolerance
+    buckets.check_padding(run_eager, sets, cuts, batched, tolerance.atol, tolerance.rtol,
+                          [o.name for o in manifest.outputs])
+    return [buckets.at_real_positions(run, cuts, batched) for run in runs]
+
+
+def sample_sets(loaded, ranges: dict | None = None) -> list[tuple]:
     """(batch, [inputs, ...]) per built batch size: the recipe's sample source, or seeded random
-    (with `ranges`, the manifest's [low, high) per input name: ids that index the whole table)."""
+    (with `ranges`, the manifest's [low, high) per input name: ids that index the whole table);
+    with a named dimension and no source, (batch, [inputs, ...], {"bucket": ...}) per bucket too."""
     recipe = loaded.recipe
-    source = None
-    if recipe.data.samples:
-        source = capture.import_entrypoint(recipe.data.samples, loaded.root, loaded.where("data", "samples"),
-                                           field="data.samples")
+    source = samples_mod.source(loaded)  # data.samples with its args, or None
+    if source is None and recipe.model.dims:
+        from accelc.verify import buckets
+        return buckets.sample_sets(recipe, capture.random_inputs, ranges)
     sizes = list(recipe.model.batch)
     if sizes[0] + 1 not in sizes:
         sizes.append(sizes[0] + 1)  # a size that was not built: exercises the runtime's padding
@@ -277,7 +297,7 @@ def sample_sets(loaded, ranges: dict | None = None) -> list[tuple[int, list]]:
             seed = recipe.verify.seed + 1000 * batch + i
             arrays = source(batch, seed) if source else capture.random_inputs(recipe.model.inputs, batch, seed,
                                                                               ranges)
-            samples.append(tuple(np.asarray(a) for a in (arrays if isinstance(arrays, (tuple, list)) else [arrays])))
+            samples.append(arrays)
         sets.append((batch, samples))
     return sets
 
@@ -288,24 +308,28 @@ def _manifest(loaded, spec, captured: capture.Captured, programs, lowered, pass_
     import torch
     import tvm
 
+    from accelc.artifact.manifest import KernelOrigin
     from accelc.backends.tvm.lower import relax as lower
     recipe, ranges = loaded.recipe, lowered.input_ranges
     reference = capture.run_eager(captured.model, [t.numpy() for t in captured.example_inputs])
-    batch = captured.example_inputs[0].shape[0] if captured.example_inputs else 1
+    batch = next((t.shape[s.shape.index("batch")] for s, t in zip(recipe.model.inputs, captured.example_inputs)
+                  if "batch" in s.shape), None)  # the first input may have none (EmbeddingBag's ids)
     inputs = tuple(TensorSpec(s.name, tuple(s.shape), s.dtype, tuple(ranges[s.name]) if s.name in ranges else None,
                               tuple(s.columns) if s.columns else None, tuple(s.units) if s.units else None,
                               unaligned=i in lowered.unaligned_inputs)  # unaligned: no 64-byte copy needed
                    for i, s in enumerate(recipe.model.inputs))
-    outputs = tuple(TensorSpec(n, tuple(BATCH if i == 0 and r.ndim and r.shape[0] == batch else d
+    named = captured.output_dims or [{} for _ in reference]  # axes that follow a named dimension (seq)
+    outputs = tuple(TensorSpec(n, tuple(BATCH if i == 0 and r.ndim and r.shape[0] == batch else axes.get(i, d)
                                         for i, d in enumerate(r.shape)), str(r.dtype))
-                    for n, r in zip(captured.output_names, reference))
+                    for n, r, axes in zip(captured.output_names, reference, named))
     return Manifest(
         accelc=__version__, name=recipe.name,
         recipe=RecipeSource(str(loaded.path), hashlib.sha256(loaded.text.encode()).hexdigest(), loaded.text),
         target=TargetInfo(spec.name, spec.tvm, spec.host, spec.device, spec.arch, tuple(spec.cpu_features),
                           tuple(spec.cuda_archs)),
         batch=tuple(recipe.model.batch), inputs=inputs, outputs=outputs,
-        functions={str(b): lower.function_name(b) for b in programs}, params=tuple(lowered.params),
+        functions={bucket_key(b, sizes): lower.function_name(b, *sizes) for b, sizes in map(_key, programs)},
+        params=tuple(lowered.params),
         param_bytes=int(sum(p.nbytes for p in lowered.params.values())),
         passes=tuple(PassReport.parse(r, f"passes[{i}]") for i, r in enumerate(pass_reports)),
         repairs=tuple(Repair.parse(r, f"repairs[{i}]") for i, r in enumerate(lowered.repairs)),
@@ -313,7 +337,14 @@ def _manifest(loaded, spec, captured: capture.Captured, programs, lowered, pass_
                           platform.python_version(), np.__version__),
         tuning=Tuning.parse(tuning, "tuning"), verification=PENDING, verified=False,
         device_code=DeviceCode.parse(device_code, "device_code") if device_code else None,
-        cache=BuildCache(tuple(keys)) if keys else None)
+        cache=BuildCache(tuple(keys)) if keys else None,
+        dims=tuple(Dim(n, tuple(d.sizes), dict(d.pad), d.mask) for n, d in recipe.model.dims.items()) or None,
+        kernels=tuple(KernelOrigin.parse(k, f"kernels[{i}]") for i, k in enumerate(lowered.kernels)) or None)
+
+
+def _key(program_key) -> tuple:
+    """(batch, sizes) of an export_programs key: a batch size (or None), or (batch, size)."""
+    return (program_key[0], program_key[1:]) if isinstance(program_key, tuple) else (program_key, ())
 
 
 def _llvm_version() -> str | None:

@@ -44,27 +44,35 @@ def torch_runner(model, device: str, compiled: bool):
     return run
 
 
+def sample_sets_of(manifest: dict, loaded) -> list:
+    """The samples the build verified on: the recipe's data.samples, or random inputs with each
+    integer input drawn from the range the manifest records (declared, or the model's tables')."""
+    from accelc.compile import sample_sets
+    ranges = {spec["name"]: tuple(spec["range"]) for spec in manifest["inputs"] if spec.get("range") is not None}
+    return sample_sets(loaded, ranges)
+
+
 def check_artifact(folder: Path, src: Path, calls: int) -> list[list]:
     """Rows: one per built batch size, with verification and timings."""
     from accelc.artifact import store as artifact
     from accelc.capture import export as capture
     from accelc.runtime import predictor as runtime
     from accelc.verify import compare as verify
-    from accelc.compile import sample_sets
     from benchmarks.common import time_calls
     manifest = artifact.read_manifest(folder)
     loaded = loaded_recipe(manifest, src)
     model = capture.build_model(loaded)
     predictor = runtime.load(folder)  # hashes, host and GPU arch checks; ArtifactError if it cannot run
     names = [o["name"] for o in manifest["outputs"]]
-    report = verify.verify(lambda a: predictor.predict(*a), lambda a: capture.run_eager(model, a),
-                           sample_sets(loaded), loaded.recipe.verify.tolerance.atol,
+    sets = sample_sets_of(manifest, loaded)
+    reference = capture.eager_runner(model, loaded.recipe.model.inputs, loaded.recipe.model.batch)  # as the build
+    report = verify.verify(lambda a: predictor.predict(*a), reference, sets, loaded.recipe.verify.tolerance.atol,
                            loaded.recipe.verify.tolerance.rtol, names)
     errors = {row["batch"]: row for row in report["rows"]}
     device = "cuda" if manifest["target"]["device"] == "cuda" else "cpu"  # a CPU artifact: a dry run
     eager, compiled = torch_runner(model, device, False), torch_runner(capture.build_model(loaded), device, True)
     rows = []
-    for batch, samples in sample_sets(loaded):
+    for batch, samples, *_ in sets:
         if batch not in manifest["batch"]:
             continue  # the padded size is verified above, timed only where it was built
         arrays = samples[0]

@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/models.py`: accelc and tests.fixtures from this checkout
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import yaml  # noqa: E402
+
+from accelc.bench import kernels as per_kernel  # noqa: E402
 
 IMAGE_224 = [{"name": "pixel_values", "shape": ["batch", 3, 224, 224], "dtype": "float32"}]
 TEXT_128 = [{"name": "input_ids", "shape": ["batch", 128], "dtype": "int64", "range": [0, 30522]},
@@ -40,9 +41,13 @@ FULL = {
                   TEXT_128),
     "vit-b16": ({"task": "image-classification", "config": {"model_type": "vit", "num_labels": 1000}}, IMAGE_224),
 }
-NAIVE = "none (TVM's naive loops)"
-SEARCHED = "MetaSchedule record"
-OUTSIDE = "rest of the call (VM builtins, interpreter, colder caches)"
+# the passes of each model's float build: what its recipe would list (ONNX Runtime folds BatchNorm on its own)
+FLOAT = {"resnet50": [{"kind": "fold_batchnorm"}]}
+# --int8: the passes of each model's int8 build (its fp32 build: FLOAT's, the same without quantize)
+INT8 = {"resnet50": [{"kind": "fold_batchnorm"}, {"kind": "quantize", "mode": "static", "samples": 8,
+                                                   "data": "benchmarks.models:calibration_images"}],
+        "bert-base": [{"kind": "quantize", "mode": "dynamic"}], "vit-b16": [{"kind": "quantize", "mode": "dynamic"}]}
+OUTSIDE = per_kernel.OUTSIDE
 PEERS = ("onnxruntime", "torch.compile", "pytorch eager")
 _LOG = logging.getLogger("benchmarks.models")
 
@@ -53,12 +58,19 @@ def families() -> dict[str, tuple]:
     return {name: (source, [yaml.safe_load(spec) for spec in inputs]) for name, (source, inputs, _) in FAMILIES.items()}
 
 
-def recipe(name: str, source: dict | str, inputs: list[dict], batches: list[int], tuning: dict | None = None):
+def calibration_images():
+    """Seeded random 224x224 images: static int8 calibration of the random-weight CNNs (speed, not accuracy)."""
+    import numpy as np
+    return np.random.default_rng(0).standard_normal((16, 3, 224, 224), dtype=np.float32)
+
+
+def recipe(name: str, source: dict | str, inputs: list[dict], batches: list[int], tuning: dict | None = None,
+           passes: list[dict] | None = None):
     """An accelc.Recipe: random weights for a Hugging Face source, one verification sample per size."""
     import accelc
     model = {"entrypoint": source} if isinstance(source, str) else {"huggingface": {**source, "random_weights": True}}
     data = {"version": 1, "name": name, "model": {**model, "inputs": inputs, "batch": sorted(set(batches))},
-            "verify": {"samples": 1}}
+            "verify": {"samples": 1}, **({"passes": passes} if passes else {})}
     return accelc.Recipe.model_validate({**data, "tuning": tuning} if tuning else data)
 
 
@@ -76,127 +88,6 @@ def set_threads(threads: int) -> None:
     tvm.get_global_func("runtime.config_threadpool")(1, threads)
 
 
-def rule_label(rule) -> str:
-    inner = getattr(rule, "rule", None)  # Tolerant(...) wraps one of TVM's own rules
-    return f"{type(rule).__name__}({type(inner).__name__})" if inner is not None else type(rule).__name__
-
-
-def kernel_rules(loaded_recipe, target: str) -> dict[str, dict]:
-    """kernel name -> {rule, tags}: the build's kernels (legalized and fused as its pipeline does,
-    same names as the library's symbols) and the rule of RULES that gives each its default schedule."""
-    import tvm
-
-    from accelc import compile as compile_mod
-    from accelc.backends.tvm import intrin
-    from accelc.backends.tvm.kernels import isa
-    from accelc.backends.tvm.pipeline import fusion_passes
-    from accelc.backends.tvm.schedules import choose
-    from accelc.backends.tvm.schedules.rule import kernel_tags
-    from accelc.config import resolve
-    loaded, spec = resolve.recipe_and_target(loaded_recipe, target)
-    lowered = compile_mod._lower(loaded, spec, lambda *_: None, None)[-1]
-    tvm_target = spec.tvm_target()
-    intrin.register_for(isa.of(tvm_target))  # as the pipeline does before its rules run
-    with tvm_target:
-        fused = tvm.transform.Sequential(fusion_passes(tvm_target))(lowered.mod)
-    rules = {}
-    for var, func in fused.functions.items():
-        if isinstance(func, tvm.tirx.PrimFunc):
-            chosen = choose(func, tvm_target)
-            rules[var.name_hint] = {"rule": rule_label(chosen[0]) if chosen else NAIVE,
-                                    "tags": sorted(set(kernel_tags(func)) - {""})}
-    return rules
-
-
-def searched_kernels(manifest) -> set[str]:
-    """Kernels of a tuned build that run a schedule MetaSchedule found (not the default rule's)."""
-    rows = manifest.tuning.kernels or ()
-    return {row.kernel for row in rows if row.status in ("tuned", "reused") and row.schedule == "searched"}
-
-
-def profile_kernels(folder: Path, batch: int, inputs: list[np.ndarray], repeat: int = 5) -> dict:
-    """Seconds per kernel in one call of the artifact's function for `batch`. The kernel calls of
-    one inference are recorded through the Relax VM's instrument hook (TVM 0.27 has no VM
-    profiler), then each is timed again on its own arguments by TVM's time evaluator, in C++: a
-    Python timer around each call would add ~5 us, more than whole kernels of small models. Each
-    kernel counts its quickest of `repeat` runs of at least 2 ms (a busy neighbour only ever adds
-    time). The call itself, timed without the hook, holds the rest: the VM's builtins (allocation,
-    shape checks), its interpreter, and what kernels lose in sequence to caches their predecessors
-    filled (timed alone, they find theirs warm)."""
-    import tvm
-    from tvm.runtime.vm import VirtualMachine
-
-    from accelc.artifact import store as artifact
-    manifest = artifact.load_manifest(folder)
-    library = tvm.runtime.load_module(str(folder / artifact.LIBRARY))
-    vm = VirtualMachine(library, tvm.cpu())
-    params = tvm.runtime.load_param_dict((folder / artifact.PARAMS).read_bytes())
-    weights = list(vm["transform_params"]([tvm.runtime.tensor(params[n].numpy()) for n in manifest.params])) \
-        if manifest.params else []
-    function, args = vm[manifest.by_batch[batch]], [tvm.runtime.tensor(a) for a in inputs]
-    function(*args, *weights)
-    plain = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function(*args, *weights)
-        plain.append(time.perf_counter() - start)
-    calls: list[tuple] = []
-
-    def record(func, symbol, before, _ret, *call_args):
-        if before and not str(symbol).startswith("vm.builtin."):
-            calls.append((str(symbol), func, call_args))
-        return 0
-    vm.set_instrument(record)
-    function(*args, *weights)  # replaying the calls in order later sees the same values in every buffer
-    spent: dict[str, list] = {}  # symbol -> [seconds, calls]
-    for symbol, func, call_args in calls:
-        entry = spent.setdefault(symbol, [0.0, 0])
-        entry[0], entry[1] = entry[0] + kernel_seconds(library, symbol, func, call_args, repeat), entry[1] + 1
-    return {"call_ms": min(plain) * 1e3, "spent": {k: tuple(v) for k, v in spent.items()}}
-
-
-def kernel_seconds(library, symbol: str, func, args: tuple, repeat: int) -> float:
-    """One kernel call's quickest time: TVM's time evaluator on the module that holds the kernel (the
-    library's top module is the VM executable), else a Python timer (a function of no module)."""
-    import tvm
-    holder = next((m for m in library.imports if m.implements_function(symbol)), None)
-    if holder is not None:
-        return min(holder.time_evaluator(symbol, tvm.cpu(), repeat=repeat, min_repeat_ms=2)(*args).results)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        func(*args)
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def breakdown(profile: dict, rules: dict[str, dict], searched: set[str] = frozenset()) -> list[dict]:
-    """Rows {kernel, rule, tags, calls, ms, share} by time, and a last row for the time outside the
-    kernels: the shares add up to 100% of the call (or of the kernels' sum, where timing them one
-    by one came out above the call)."""
-    rows = []
-    for symbol, (seconds, count) in profile["spent"].items():
-        known = rules.get(symbol, {"rule": "?", "tags": []})
-        rows.append({"kernel": symbol, "rule": SEARCHED if symbol in searched else known["rule"],
-                     "tags": known["tags"], "calls": count, "ms": seconds * 1e3})
-    rows.sort(key=lambda row: -row["ms"])
-    inside = sum(row["ms"] for row in rows)
-    rows.append({"kernel": OUTSIDE, "rule": "-", "tags": [], "calls": 0, "ms": max(0.0, profile["call_ms"] - inside)})
-    whole = max(profile["call_ms"], inside)
-    for row in rows:
-        row["share"] = 100 * row["ms"] / whole if whole > 0 else 0.0
-    return rows
-
-
-def by_rule(rows: list[dict]) -> dict[str, float]:
-    """Share of the profiled call per rule, largest first."""
-    shares: dict[str, float] = {}
-    for row in rows:
-        label = row["rule"] if row["rule"] != "-" else "rest of the call"
-        shares[label] = shares.get(label, 0.0) + row["share"]
-    return dict(sorted(shares.items(), key=lambda item: -item[1]))
-
-
 def ratios(rows: list[dict]) -> dict:
     """accelc's p50 over ONNX Runtime's and over the best peer's (None where a peer was skipped)."""
     p50 = {row["system"]: row["p50_us"] for row in rows if "p50_us" in row}
@@ -207,19 +98,20 @@ def ratios(rows: list[dict]) -> dict:
             "best_peer": best, "vs_best": ours / p50[best] if ours and best else None}
 
 
-def build(name: str, source, inputs: list[dict], args, target: str, tuned: bool = False):
+def build(name: str, source, inputs: list[dict], args, target: str, tuned: bool = False, int8: bool = False):
     """(BuildResult, seconds, the Recipe) of one model for `target` at all of `args.batch`."""
     import accelc
     tuning = {"trials": args.trials, "time_budget": args.time_budget, "database": args.database} if tuned else None
-    made = recipe(name, source, inputs, args.batch, tuning)
+    made = recipe(name, source, inputs, args.batch, tuning, INT8.get(name) if int8 else FLOAT.get(name))
     start = time.perf_counter()
-    built = accelc.build(made, target=target, output=Path(args.out) / f"{name}-{target}{'-tuned' * tuned}")
+    built = accelc.build(made, target=target, output=Path(args.out) / f"{name}-{target}{'-tuned' * tuned}"
+                         f"{'-int8' * int8}")
     return built, time.perf_counter() - start, made
 
 
-def label(target: str, first: str, tuned: bool) -> str:
+def label(target: str, first: str, tuned: bool, int8: bool = False) -> str:
     """The system's name: "accelc" for the first target (the one the ratios are of)."""
-    return "accelc" + " tuned" * tuned + (f" {target}" if target != first else "")
+    return "accelc" + " tuned" * tuned + " int8" * int8 + (f" {target}" if target != first else "")
 
 
 def measure(name: str, source, inputs: list[dict], args) -> dict:
@@ -229,12 +121,12 @@ def measure(name: str, source, inputs: list[dict], args) -> dict:
     from accelc.config import resolve
     result, systems = {"model": name, "targets": args.targets, "build_s": {}, "configs": []}, {}
     for target in args.targets:
-        rules = None
-        for tuned in (False, True) if args.tuned else (False,):
-            built, seconds, made = build(name, source, inputs, args, target, tuned)
-            rules = rules or kernel_rules(made, target)
-            system = label(target, args.targets[0], tuned)
-            systems[system], result["build_s"][system] = (built.output, rules), round(seconds, 1)
+        for tuned, int8 in [(t, q) for t in ((False, True) if args.tuned else (False,))
+                            for q in ((False, True) if args.int8 else (False,))]:
+            built, seconds, made = build(name, source, inputs, args, target, tuned, int8)
+            system = label(target, args.targets[0], tuned, int8)  # each kernel's rule as the build recorded it
+            systems[system], result["build_s"][system] = (built.output, per_kernel.origins(built.manifest)), \
+                round(seconds, 1)
     made = recipe(name, source, inputs, args.batch)
     model = capture.build_model(resolve.load(made))
     for batch in args.batch:
@@ -247,20 +139,22 @@ def measure(name: str, source, inputs: list[dict], args) -> dict:
 def measure_config(model, made, systems: dict[str, tuple], batch: int, threads: int, args) -> dict:
     """Every system timed on the same inputs in interleaved rounds, then each accelc build profiled."""
     import accelc
-    from accelc.artifact import store as artifact
     from accelc.bench.run import compare
     from accelc.capture import export as capture
     set_threads(threads)
     inputs = list(capture.random_inputs(made.model.inputs, batch, seed=batch))
     predictors = {system: accelc.load(folder) for system, (folder, _) in systems.items()}
     callables = {system: (lambda p=p: p(*inputs)) for system, p in predictors.items()}
-    rows = compare(model, inputs, callables, threads, args.calls, rounds=args.rounds, warmup=args.warmup)
-    kernels = {}
+    rows = compare(model, inputs, callables, threads, args.calls, peers=not args.no_peers, rounds=args.rounds,
+                   warmup=args.warmup)
+    profiles = {}
     for system, (folder, rules) in systems.items():
-        profile = profile_kernels(folder, batch, inputs, args.profile_repeat)
-        kernels[system] = {"call_ms": profile["call_ms"], "repeat": args.profile_repeat,
-                           "rows": breakdown(profile, rules, searched_kernels(artifact.load_manifest(folder)))}
-    return {"batch": batch, "threads": threads, "rows": rows, **ratios(rows), "kernels": kernels}
+        manifest = predictors[system].manifest
+        profile = per_kernel.profile_kernels(predictors[system], per_kernel.function_for(manifest, batch), inputs,
+                                          args.profile_repeat)
+        profiles[system] = {"call_ms": profile["call_ms"], "repeat": args.profile_repeat,
+                            "rows": per_kernel.breakdown(profile, rules, per_kernel.searched_kernels(manifest))}
+    return {"batch": batch, "threads": threads, "rows": rows, **ratios(rows), "kernels": profiles}
 
 
 def format_config(name: str, config: dict, top: int = 12) -> str:
@@ -270,6 +164,10 @@ def format_config(name: str, config: dict, top: int = 12) -> str:
         lines.append(f"  accelc / ONNX Runtime: {config['vs_ort']:.2f}x")
     if config["vs_best"] is not None:
         lines.append(f"  accelc / best peer ({config['best_peer']}): {config['vs_best']:.2f}x")
+    p50 = {row["system"]: row["p50_us"] for row in config["rows"] if "p50_us" in row}
+    for system in (s for s in p50 if " int8" in s and s.replace(" int8", "") in p50):
+        lines.append(f"  {system} speedup over {system.replace(' int8', '')}: "
+                     f"{p50[system.replace(' int8', '')] / p50[system]:.2f}x")
     for label, profile in config["kernels"].items():
         lines.append(f"  {label} per kernel (VM call {profile['call_ms']:.3f} ms; each kernel and the call: "
                      f"quickest of {profile['repeat']} runs):")
@@ -289,7 +187,8 @@ def kernel_table(rows: list[dict], top: int) -> list[str]:
     for row in shown + [r for r in rows if r["kernel"] == OUTSIDE]:
         lines.append(f"    {row['share']:>5.1f}% {row['ms'] * 1e3:>10.1f} {row['calls']:>5g}  {row['rule'][:26]:<26} "
                      f"{','.join(row['tags'])[:10]:<10} {row['kernel'][:60]}")
-    lines.append("    by rule: " + ", ".join(f"{rule} {share:.1f}%" for rule, share in by_rule(rows).items()))
+    shares = per_kernel.by_rule(rows).items()
+    lines.append("    by rule: " + ", ".join(f"{rule} {share:.1f}%" for rule, share in shares))
     return lines
 
 
@@ -339,6 +238,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--target", default="x86", help="comma-separated accelc targets, each a system of its own "
                         "(x86: AVX2; x86-avx512 where the CPU has it); ratios are of the first")
     parser.add_argument("--tuned", action="store_true", help="also a MetaSchedule-tuned build (takes long)")
+    parser.add_argument("--int8", action="store_true", help="also an int8 build of each (INT8: static ResNet-50, "
+                        "dynamic BERT/ViT), timed against the same recipe in float32")
+    parser.add_argument("--no-peers", action="store_true", help="time accelc's builds only")
     parser.add_argument("--trials", type=int, default=512, help="tuning trials per model (with --tuned)")
     parser.add_argument("--time-budget", type=float, default=600, help="tuning seconds per model (with --tuned)")
     parser.add_argument("--database", default="build/bench-models/tuning",

@@ -88,9 +88,10 @@ def _type(schema: dict, prop: dict, anchors: dict) -> str:
     if "$ref" in prop:
         title, anchor = anchors[id(_deref(schema, prop["$ref"]))]
         return f"[`{title}`](#{anchor})"
-    if "anyOf" in prop:
-        options = [_type(schema, p, anchors) for p in prop["anyOf"] if p.get("type") != "null"]
-        nullable = any(p.get("type") == "null" for p in prop["anyOf"])
+    if "anyOf" in prop or "oneOf" in prop:  # oneOf: a discriminated union (data sources)
+        members = prop.get("anyOf") or prop["oneOf"]
+        options = [_type(schema, p, anchors) for p in members if p.get("type") != "null"]
+        nullable = any(p.get("type") == "null" for p in members)
         return " or ".join(options) + (" or null" if nullable else "")
     if "const" in prop:
         return f"`{json.dumps(prop['const'])}`"
@@ -142,7 +143,7 @@ def _default(prop: dict, required: bool) -> str:
         return f"`{json.dumps(prop['default'])}`"
     # a default_factory, which the schema does not show: a section takes its fields' defaults, a
     # list or mapping starts empty (default_factory=list/dict), anything else is computed at load
-    if _refs(prop) and prop.get("type") != "array":
+    if _refs(prop) and prop.get("type") not in ("array", "object"):  # a list or mapping of sections starts empty
         return "its fields' defaults"
     return {"array": "`[]`", "object": "`{}`"}.get(prop.get("type"), "computed (see description)")
 

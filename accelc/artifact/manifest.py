@@ -9,6 +9,7 @@ Stdlib only: production servers read manifests with it, without torch or the com
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -26,10 +27,11 @@ Status = Literal["pending", "passed", "failed", "skipped"]
 @dataclass(frozen=True)
 class TensorSpec(Record):
     """An input or output of the compiled function: its name, shape ("batch" for the batch
-    dimension) and dtype, and for inputs what the build learnt about their values."""
+    dimension, a name from the manifest's `dims` for a bucketed one, e.g. "seq") and dtype, and for
+    inputs what the build learnt about their values."""
 
     name: str
-    shape: tuple[int | Literal["batch"], ...]
+    shape: tuple[int | str, ...]
     dtype: str
     range: tuple[float, float] | None = None  # [low, high) of ids that index a table (E805 outside)
     columns: tuple[str, ...] | None = None  # the raw schema: a name per entry of the last dimension
@@ -40,10 +42,12 @@ class TensorSpec(Record):
         if self.dtype not in DTYPES:
             raise Invalid("dtype", f"unknown dtype {self.dtype!r}; expected one of {', '.join(sorted(DTYPES))}")
         for i, dim in enumerate(self.shape):
-            if dim != BATCH and dim < 0:
-                raise Invalid(f"shape[{i}]", f"a dimension is 'batch' or a size >= 0, got {dim}")
-        if self.shape.count(BATCH) > 1:
-            raise Invalid("shape", "'batch' may appear once")
+            if isinstance(dim, str) and not re.fullmatch(r"[A-Za-z_]\w*", dim) or isinstance(dim, int) and dim < 0:
+                raise Invalid(f"shape[{i}]", f"expected 'batch', a dimension's name or a size >= 0, got {dim!r}")
+        names = [d for d in self.shape if isinstance(d, str)]
+        repeated = sorted({d for d in names if names.count(d) > 1})
+        if repeated:
+            raise Invalid("shape", f"'{repeated[0]}' may appear once")
         if self.range is not None and not self.range[0] < self.range[1]:
             raise Invalid("range", f"expected [low, high) with low < high, got {list(self.range)}")
 
@@ -54,8 +58,33 @@ class TensorSpec(Record):
 
     @property
     def dims(self) -> tuple[int | None, ...]:
-        """The shape with None for the batch dimension."""
-        return tuple(None if d == BATCH else d for d in self.shape)
+        """The shape with None for the batch and the named (bucketed) dimensions."""
+        return tuple(None if isinstance(d, str) else d for d in self.shape)
+
+    def axis(self, dim: str) -> int | None:
+        """Where the named dimension `dim` lies in the shape, or None."""
+        return self.shape.index(dim) if dim in self.shape else None
+
+
+@dataclass(frozen=True)
+class Dim(Record):
+    """A named dimension besides batch (a sequence length): the sizes built, the value each input is
+    padded with up to a size, and the input marking real positions (1) and padding (0). Inputs and
+    outputs carry it by name in their shapes; an output's axis named so is cut back to the length."""
+
+    name: str
+    sizes: tuple[int, ...]
+    pad: dict[str, float]
+    mask: str | None = None
+
+    def __post_init__(self):
+        if not self.sizes or list(self.sizes) != sorted(set(self.sizes)) or self.sizes[0] < 1:
+            raise Invalid("sizes", f"expected increasing sizes >= 1, got {list(self.sizes)}")
+
+
+def bucket_key(batch: int | None, sizes: tuple[int, ...] = ()) -> str:
+    """A `functions` key: the batch size ("None": no batch dimension), then a size per named dimension."""
+    return ",".join([str(batch), *map(str, sizes)])
 
 
 @dataclass(frozen=True)
@@ -160,6 +189,7 @@ class OutputCheck(Record):
     elements: int
     passed: bool
     note: str | None = None
+    bucket: dict[str, int] | None = None  # the size of each named dimension the samples ran on
 
 
 @dataclass(frozen=True)
@@ -212,6 +242,20 @@ class Versions(Record):
 
 
 @dataclass(frozen=True)
+class KernelOrigin(Record):
+    """One compiled kernel (a symbol of the library), recorded as the build scheduled it: the rule
+    that did, its tags, and the model code it computes (`accelc profile` shows them)."""
+
+    kernel: str
+    rule: str  # a rule of schedules.RULES, "MetaSchedule record", ... (backends/tvm/kernel_map.py)
+    tags: tuple[str, ...]  # its blocks' tags (kernels/tags.py)
+    nodes: tuple[str, ...]  # the fx nodes fused into it; empty where none is known
+    ops: tuple[str, ...]  # their ATen ops
+    modules: tuple[str, ...]  # their modules, from nn_module_stack ("encoder.layer.3.intermediate.dense")
+    sources: tuple[str, ...]  # the model's source lines that made them ("modeling_bert.py:337")
+
+
+@dataclass(frozen=True)
 class BuildCache(Record):
     keys: tuple[str, ...]  # the build-cache keys this artifact answers
 
@@ -233,7 +277,7 @@ class Manifest(Record):
     batch: tuple[int, ...]  # the batch sizes compiled
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    functions: dict[str, str]  # batch size ("None": no batch dimension) -> the VM function
+    functions: dict[str, str]  # bucket_key: batch size ("None": no batch dimension)[,size per dim] -> the VM function
     params: tuple[str, ...]  # parameter names in the order the functions take them
     param_bytes: int
     passes: tuple[PassReport, ...]
@@ -247,13 +291,18 @@ class Manifest(Record):
     device_code: DeviceCode | None = None
     cache: BuildCache | None = None
     signature: Signature | None = None  # checked on the JSON as written, before parsing
+    dims: tuple[Dim, ...] | None = None  # named dimensions besides batch (absent: none)
+    kernels: tuple[KernelOrigin, ...] | None = None  # absent in artifacts built before it was recorded
 
     def __post_init__(self):
         if self.format != FORMAT:
             raise Invalid("format", f"unknown format {self.format}; this accelc reads format {FORMAT}")
         for key in self.functions:
-            if key != "None" and not (key.isdigit() and int(key) > 0):
-                raise Invalid(f"functions[{key!r}]", "expected a batch size or 'None'")
+            batch, *sizes = key.split(",")
+            if len(sizes) != len(self.dims or ()) or not all(
+                    part.isdigit() and int(part) > 0 for part in [*sizes, *([batch] if batch != "None" else [])]):
+                raise Invalid(f"functions[{key!r}]", f"expected a batch size or 'None', then a size per named "
+                              f"dimension ({len(self.dims or ())})")
         names = [spec.name for spec in self.inputs]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
@@ -271,8 +320,18 @@ class Manifest(Record):
 
     @property
     def by_batch(self) -> dict[int | None, str]:
-        """The VM function per built batch size (None: the model has no batch dimension)."""
+        """The VM function per built batch size (None: the model has no batch dimension), for an
+        artifact without named dimensions."""
         return {None if key == "None" else int(key): name for key, name in self.functions.items()}
+
+    @property
+    def by_bucket(self) -> dict[tuple[int, ...], dict[int | None, str]]:
+        """The VM function per built batch size, per bucket (a size per named dimension)."""
+        table: dict[tuple[int, ...], dict[int | None, str]] = {}
+        for key, name in self.functions.items():
+            batch, *sizes = key.split(",")
+            table.setdefault(tuple(map(int, sizes)), {})[None if batch == "None" else int(batch)] = name
+        return table
 
     def with_verification(self, report: Verification) -> Manifest:
         """This manifest with `report`; `verified` only when it passed."""

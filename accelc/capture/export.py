@@ -13,7 +13,7 @@ import re
 import sys
 import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ class Captured:
     example_inputs: tuple
     dynamic_shapes: tuple | None
     output_names: list[str]
+    output_dims: list[dict[int, str]] = field(default_factory=list)  # per output: axis -> named dim it follows
 
 
 def import_entrypoint(spec: str, root: Path, where: str, field: str = "model.entrypoint"):
@@ -149,14 +150,15 @@ def _check_state(model: torch.nn.Module, state: dict, where: str) -> None:
                          field="model.weights")
 
 
-def random_inputs(specs: list[InputSpec], batch: int, seed: int,
-                  ranges: dict | None = None) -> tuple[np.ndarray, ...]:
+def random_inputs(specs: list[InputSpec], batch: int, seed: int, ranges: dict | None = None,
+                  sizes: dict[str, int] | None = None) -> tuple[np.ndarray, ...]:
     """Seeded sample inputs from the input specs (normal for floats, uniform ints in `range`; an
-    input named in `ranges` uses that [low, high) instead: the build's, from the model's tables)."""
+    input named in `ranges` uses that [low, high) instead: the build's, from the model's tables),
+    at `sizes` for the named dimensions (default: their largest)."""
     rng = np.random.default_rng(seed)
     arrays = []
     for spec in specs:
-        shape = spec.concrete(batch)
+        shape = spec.concrete(batch, sizes or largest_sizes(specs_dims(specs)))
         bounds = (ranges or {}).get(spec.name) or spec.range
         if spec.dtype.startswith(("float", "bfloat")):
             arr = rng.standard_normal(shape, dtype=np.float32)
@@ -169,6 +171,16 @@ def random_inputs(specs: list[InputSpec], batch: int, seed: int,
             arr = rng.integers(int(low), int(high), shape).astype(spec.dtype)
         arrays.append(arr)
     return tuple(arrays)
+
+
+def specs_dims(specs: list[InputSpec]) -> set[str]:
+    """The named dimensions (besides batch) the inputs use."""
+    return {d for spec in specs for d in spec.shape if isinstance(d, str) and d != "batch"}
+
+
+def largest_sizes(names, dims: dict | None = None) -> dict[str, int]:
+    """A size per named dimension: the largest built (`dims`: the recipe's model.dims), else 2."""
+    return {name: dims[name].sizes[-1] if dims and name in dims else 2 for name in names}
 
 
 def to_torch(arrays) -> tuple:
@@ -248,7 +260,9 @@ def capture(loaded: LoadedRecipe, model: torch.nn.Module | None = None) -> Captu
 
 def _capture_at(loaded: LoadedRecipe, model: torch.nn.Module, batch: int, dynamic: bool) -> Captured:
     recipe = loaded.recipe
-    example = random_inputs(recipe.model.inputs, batch, recipe.verify.seed)
+    dims = recipe.model.dims
+    sizes = {name: max(2, dim.sizes[0]) for name, dim in dims.items()}  # symbolic: export specialises 1
+    example = _example(loaded, batch, sizes)
     where = loaded.where("model", "inputs")
     try:
         with torch.no_grad():
@@ -257,13 +271,14 @@ def _capture_at(loaded: LoadedRecipe, model: torch.nn.Module, batch: int, dynami
         raise ModelError(f"the model must return tensors (or tuples, lists, dicts of them): {exc}", code="E306",
                          location=loaded.where("model", "entrypoint"), field="model.entrypoint") from None
     except Exception as exc:
-        shapes = ", ".join(f"{s.name}{list(s.concrete(batch))}:{s.dtype}" for s in recipe.model.inputs)
+        shapes = ", ".join(f"{s.name}{list(s.concrete(batch, sizes))}:{s.dtype}" for s in recipe.model.inputs)
         ids = [s.name for s in recipe.model.inputs if s.dtype.startswith(("int", "uint"))]
         hint = (f"integer inputs ({', '.join(ids)}) are sampled from their `range` ([0, 10) if none is declared); "
                 "declare one that fits the model's tables" if ids and isinstance(exc, IndexError) else None)
         raise ModelError(f"the model fails on inputs {shapes}: {type(exc).__name__}: {_first_line(exc)}",
                          code="E304", location=where, field="model.inputs", hint=hint) from None
-    dynamic = _for_signature(model, _dynamic_shapes(recipe.model.inputs, recipe.model.batch) if dynamic else None)
+    dynamic = _for_signature(model, _dynamic_shapes(recipe.model.inputs, recipe.model.batch if dynamic else None,
+                                                    dims))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -276,14 +291,30 @@ def _capture_at(loaded: LoadedRecipe, model: torch.nn.Module, batch: int, dynami
     graph = program.module()
     drop_guards(graph)
     _explicit_conv_padding(graph)
-    return Captured(model, graph, to_torch(example), dynamic, names)
+    from accelc.capture.dims import output_dims
+    out_dims = output_dims(graph, recipe.model.inputs, names, loaded.where("model", "dims")) if dims else []
+    return Captured(model, graph, to_torch(example), dynamic, names, out_dims)
 
 
-def _dynamic_shapes(specs: list[InputSpec], sizes: list[int]):
-    if not any("batch" in s.shape for s in specs):
-        return None
-    dim = torch.export.Dim("batch", min=1, max=max(max(sizes), 2))
-    return tuple({s.shape.index("batch"): dim} if "batch" in s.shape else None for s in specs)
+def _example(loaded: LoadedRecipe, batch: int, sizes: dict) -> tuple[np.ndarray, ...]:
+    """Inputs to capture with: the recipe's data.samples where it has them (values some models need,
+    e.g. EmbeddingBag's rising offsets), in the dtypes random_inputs gives; else random ones."""
+    from accelc.verify import samples
+    specs, source = loaded.recipe.model.inputs, None if sizes else samples.source(loaded)
+    if source is None:
+        return random_inputs(specs, batch, loaded.recipe.verify.seed, sizes=sizes)
+    return tuple(np.asarray(a, np.float32 if s.dtype.startswith(("float", "bfloat")) else s.dtype)
+                 for s, a in zip(specs, source(batch, loaded.recipe.verify.seed)))
+
+
+def _dynamic_shapes(specs: list[InputSpec], batch_sizes: list[int] | None, dims: dict):
+    """torch.export Dims: the batch (when `batch_sizes` are given) and each named dimension."""
+    ranges = {name: dim.sizes[-1] for name, dim in dims.items()}
+    if batch_sizes is not None:
+        ranges["batch"] = max(batch_sizes)
+    symbols = {name: torch.export.Dim(name, min=1, max=max(top, 2)) for name, top in ranges.items()}
+    shapes = tuple({axis: symbols[d] for axis, d in enumerate(s.shape) if d in symbols} or None for s in specs)
+    return shapes if any(shapes) else None
 
 
 def _for_signature(model: torch.nn.Module, dynamic):

@@ -37,6 +37,8 @@ class Rule:
     wrap: bool  # torch counts negative indices from the end; else it raises outside [0, n)
     table: int | None = 0  # argument holding the indexed tensor; None: one_hot (n is args[1], nothing read)
     listed: bool = False
+    reads: bool = True  # False: the compiled op reads nothing at this index (range only, never rewritten)
+    past_end: int = 0  # values may reach n + past_end - 1 (offsets of bags: n, the end of the ids)
 
 
 _DIM = _arg(1, "dim", 0)
@@ -59,6 +61,11 @@ RULES = {
     aten.scatter_reduce.two: Rule(2, _DIM, wrap=False),
     aten.one_hot.default: Rule(0, None, wrap=False, table=None),  # compares, never reads: range only
 }
+# nn.EmbeddingBag (weight, ids, offsets, ...): the ids index the table; the offsets, the ids' positions
+# [0, n], which the compiled bags compare with (lower/embedding_bag.py) and never read at
+_BAG = (Rule(1, lambda node: 0, wrap=False), Rule(2, None, wrap=False, table=1, reads=False, past_end=1))
+RULES.update({op: _BAG for op in (aten.embedding_bag.default, aten.embedding_bag.padding_idx,
+                                   aten._embedding_bag.default, aten._embedding_bag_forward_only.default)})
 
 CASTS = {aten.to.dtype, aten.to.dtype_layout, aten.to.device, aten._to_copy.default}
 # Ops whose output holds only values of their first argument (positions may move or repeat): an
@@ -132,8 +139,12 @@ def _input_range(spec, placeholder: torch.fx.Node, operands: list[Operand], wher
 
 
 def _operands(gm: torch.fx.GraphModule, node: torch.fx.Node) -> list[Operand]:
-    rule = RULES.get(node.target) if node.op == "call_function" else None
-    if rule is None or len(node.args) <= rule.index:
+    rules = RULES.get(node.target, ()) if node.op == "call_function" else ()
+    return [o for rule in (rules if isinstance(rules, tuple) else (rules,)) for o in _rule_operands(gm, node, rule)]
+
+
+def _rule_operands(gm: torch.fx.GraphModule, node: torch.fx.Node, rule: Rule) -> list[Operand]:
+    if len(node.args) <= rule.index:
         return []
     if rule.table is None:  # one_hot: the classes are a constant
         classes = _arg(1, "num_classes", -1)(node)
@@ -148,7 +159,8 @@ def _operands(gm: torch.fx.GraphModule, node: torch.fx.Node) -> list[Operand]:
     index, axis = node.args[rule.index], rule.axis(node) if rule.axis else None
     if not isinstance(index, torch.fx.Node) or not (axis is None or isinstance(axis, int)):
         return []
-    return [Operand(node, index, (rule.index, None), rule, axis, _size(gm, table, axis))]
+    size = _size(gm, table, axis)
+    return [Operand(node, index, (rule.index, None), rule, axis, None if size is None else size + rule.past_end)]
 
 
 def _reached(placeholder: torch.fx.Node) -> dict[torch.fx.Node, tuple[int, int]]:
@@ -172,7 +184,7 @@ def _reached(placeholder: torch.fx.Node) -> dict[torch.fx.Node, tuple[int, int]]
 def _guard(gm: torch.fx.GraphModule, operand: Operand, checked: tuple[int, int] | None) -> bool:
     """Rewrite the operand's index where its values are not known to lie in [0, n): modulo n where
     torch wraps negatives, clamped to [0, n - 1] where it raises. Whether it rewrote."""
-    if operand.rule.table is None:  # one_hot reads nothing
+    if operand.rule.table is None or not operand.rule.reads:  # one_hot, bag offsets: nothing is read
         return False
     known = checked or _constant_range(gm, operand.index)  # checked: the runtime refuses other values
     if known is not None and operand.size is not None and 0 <= known[0] and known[1] <= operand.size:

@@ -15,11 +15,12 @@ import sys
 import traceback
 from importlib import metadata
 
-from accelc.cli import bench, build, common, doctor, inspect, schema, serve, targets, tune, validate, verify
+from accelc.cli import (bench, build, common, doctor, inspect, profile, schema, serve, targets, tune, validate,
+                        verify)
 from accelc.errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, AccelcError
 
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell shows for a process killed by SIGPIPE (git, cat, ...)
-COMMANDS = (build, tune, validate, schema, targets, doctor, verify, bench, serve, inspect)  # --help order
+COMMANDS = (build, tune, validate, schema, targets, doctor, verify, bench, profile, serve, inspect)  # --help order
 
 
 class _Versions(argparse.Action):

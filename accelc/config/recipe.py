@@ -10,11 +10,12 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag, ValidationError,
+                      field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from accelc.config import yamlio
+from accelc.config.dims import DIM_NAME, DimSpec, check_dims
 from accelc.errors import Problem, RecipeError, did_you_mean
 from accelc.passes.registry import PASS_CONFIGS
 
@@ -38,10 +39,13 @@ class InputSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z_]\w*$", description="Input name; the predictor's keyword for it.")
     shape: list[Union[int, str]] = Field(
         min_length=1, max_length=8,
-        description="Dimensions; the string 'batch' marks the symbolic batch dimension.")
+        description="Dimensions: sizes, 'batch' for the batch dimension, or the name of a dimension declared "
+        "in model.dims (e.g. 'seq'), whose sizes are buckets padded as model.dims says.")
     dtype: Literal[DTYPES] = Field("float32", description="Element type.")  # type: ignore[valid-type]
     range: tuple[float, float] | None = Field(
-        None, description="[low, high) for generated samples; integer inputs (token ids) need it.")
+        None, description="[low, high) of the values: generated samples are drawn from it, and for an integer "
+        "input the runtime refuses others (E805). An integer input that indexes a table defaults to the table's "
+        "range; any other integer input needs one (E310) unless data.samples is given.")
     columns: list[str] | None = Field(
         None, description="Raw schema: the name of each entry of the last dimension, in order (recorded in the "
         "manifest; data.csv reads these columns).")
@@ -67,19 +71,22 @@ class InputSpec(Strict):
         if isinstance(shape, list):
             for dim in shape:
                 if isinstance(dim, bool) or not isinstance(dim, (int, str)):
-                    raise ValueError(f"a dimension is a positive integer or 'batch', got {dim!r:.40}")
+                    raise ValueError(f"a dimension is a positive integer, 'batch' or a name from model.dims, "
+                                     f"got {dim!r:.40}")
         return shape
 
     @field_validator("shape")
     @classmethod
     def _dims(cls, shape: list) -> list:
         for dim in shape:
-            if isinstance(dim, str) and dim != "batch":
-                raise ValueError(f"symbolic dimension '{dim}' is not supported; only 'batch' is symbolic")
+            if isinstance(dim, str) and not re.fullmatch(DIM_NAME, dim):
+                raise ValueError(f"dimension name '{dim:.40}' is not an identifier")
             if isinstance(dim, int) and not 1 <= dim <= 1 << 20:
                 raise ValueError(f"dimension {dim} is outside [1, 1048576]")
-        if sum(d == "batch" for d in shape) > 1:
-            raise ValueError("'batch' may appear once")
+        names = [d for d in shape if isinstance(d, str)]
+        repeated = sorted({d for d in names if names.count(d) > 1})
+        if repeated:
+            raise ValueError(f"'{repeated[0]}' may appear once")
         return shape
 
     @field_validator("range")
@@ -89,8 +96,14 @@ class InputSpec(Strict):
             raise ValueError("range must be finite [low, high) with low < high")
         return value
 
-    def concrete(self, batch: int) -> tuple[int, ...]:
-        return tuple(batch if d == "batch" else int(d) for d in self.shape)
+    def concrete(self, batch: int, sizes: dict[str, int] | None = None) -> tuple[int, ...]:
+        """The shape at a batch size and a size per named dimension (model.dims)."""
+        return tuple(batch if d == "batch" else (sizes or {})[d] if isinstance(d, str) else int(d)
+                     for d in self.shape)
+
+    def axis(self, dim: str) -> int | None:
+        """Where the named dimension `dim` lies in the shape, or None."""
+        return self.shape.index(dim) if dim in self.shape else None
 
 
 HF_TASKS = ("feature-extraction", "causal-lm", "masked-lm", "seq2seq-lm", "sequence-classification",
@@ -128,6 +141,9 @@ class ModelSection(Strict):
     inputs: list[InputSpec] = Field(min_length=1, description="The model's positional inputs, in order.")
     batch: list[StrictInt] = Field([1], min_length=1, description="Batch sizes the artifact must serve and is "
                              "verified at.")
+    dims: dict[str, DimSpec] = Field(default_factory=dict, description="Named dimensions besides batch, e.g. "
+                                     "{seq: {sizes: [32, 128], pad: {input_ids: 0}, mask: attention_mask}}: "
+                                     "inputs name them in their shape; outputs that follow them are cut back.")
 
     @field_validator("batch")
     @classmethod
@@ -147,17 +163,37 @@ class ModelSection(Strict):
         for index, name in enumerate(names):
             if name in names[:index]:
                 raise located_error(f"input name '{name}' is used twice", "inputs", index, "name")
+        check_dims(self.dims, self.inputs)
+        largest = {name: dim.sizes[-1] for name, dim in self.dims.items()}
         for index, spec in enumerate(self.inputs):  # refused before anything is allocated
-            count = math.prod(spec.concrete(max(self.batch)))
+            count = math.prod(spec.concrete(max(self.batch), largest))
             if count > MAX_ELEMENTS:
-                raise located_error(f"input '{spec.name}' has {count} elements at batch {max(self.batch)}; "
+                at = "".join(f", {n} {s}" for n, s in largest.items() if n in spec.shape)
+                raise located_error(f"input '{spec.name}' has {count} elements at batch {max(self.batch)}{at}; "
                                     f"the limit is {MAX_ELEMENTS}", "inputs", index, "shape")
         return self
 
 
+class CallableSource(Strict):
+    fn: str = Field(pattern=ENTRYPOINT, description="'package.module:callable', imported relative to the "
+                    "recipe's repository.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to it on every call "
+                                 "(checked against its signature before the build).")
+
+
+# A data source is 'module:callable' or {fn, args}; the tags never show in error locations.
+SOURCE_TAGS = ("entrypoint-name", "entrypoint-call")
+DataSource = Annotated[Union[Annotated[str, Tag(SOURCE_TAGS[0]), Field(pattern=ENTRYPOINT)],
+                             Annotated[CallableSource, Tag(SOURCE_TAGS[1])]],
+                       Discriminator(lambda v: SOURCE_TAGS[1] if isinstance(v, (dict, CallableSource)) else SOURCE_TAGS[0])]
+
+
 class DataSection(Strict):
-    samples: str | None = Field(None, pattern=ENTRYPOINT, description="Callable(n, seed) returning sample "
-                                "inputs (array or {name: array}) for verification; default: random from specs.")
+    samples: DataSource | None = Field(None, description="Callable(n, seed, **args) returning sample inputs "
+                                       "(an array, a tuple of arrays, or {name: array}) for verification: "
+                                       "'module:callable', or {fn: 'module:callable', args: {...}}; default: "
+                                       "random from the input specs (integers in the range the model's tables "
+                                       "take, or the declared one).")
     calibration: str | None = Field(None, pattern=ENTRYPOINT, description="Callable returning calibration "
                                     "inputs for static quantization.")
     validation: str | None = Field(None, pattern=ENTRYPOINT, description="Callable returning (inputs, labels) "
@@ -361,6 +397,7 @@ def _clean_loc(loc: tuple) -> tuple:
 
 
 def _problem(err: dict, located: yamlio.Located, tagged_loc: tuple) -> Problem:
+    tagged_loc = tuple(part for part in tagged_loc if part not in SOURCE_TAGS)  # data sources' union
     loc = _clean_loc(tagged_loc)
     kind, field = err["type"], yamlio.dotted(loc)
     if kind == "extra_forbidden":

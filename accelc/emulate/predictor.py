@@ -15,7 +15,8 @@ from accelc.errors import ArtifactError
 # What the guest imports (stdlib, numpy and the TVM runtime besides): copied into a temp package.
 GUEST_FILES = ("__init__.py", "errors.py", "logs.py", "artifact/__init__.py", "artifact/store.py",
                "artifact/signing.py", "artifact/manifest.py", "artifact/records.py", "config/__init__.py",
-               "config/host_cpu.py", "runtime/__init__.py", "runtime/predictor.py", "emulate/__init__.py",
+               "config/host_cpu.py", "runtime/__init__.py", "runtime/predictor.py", "runtime/buckets.py",
+               "emulate/__init__.py",
                "emulate/root.py", "emulate/predictor.py", "emulate/wire.py", "emulate/guest.py")
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from accelc.artifact import store as artifact
 from accelc.artifact.manifest import DeviceCode, Manifest, TensorSpec
 from accelc.config import host_cpu as host
+from accelc.runtime.buckets import Buckets
 from accelc.errors import ArtifactError, InputError
 
 
@@ -100,7 +101,9 @@ class Predictor:
         # build declared the kernels reading it unaligned (input_alignment.py): then no copy.
         self._align = [np.dtype(spec.dtype).itemsize if spec.unaligned else ALIGN for spec in self.inputs]
         self._out_batched = [spec.batched for spec in self.outputs]
-        self._by_batch = self.manifest.by_batch
+        # a named dimension (seq): functions per bucket, inputs padded and outputs cut (buckets.py)
+        self._buckets = Buckets.of(self.manifest)
+        self._by_batch = self.manifest.by_bucket if self._buckets else self.manifest.by_batch
         self._local = threading.local()
         if not self._on_cpu:
             _load_cuda_runtime()
@@ -117,24 +120,32 @@ class Predictor:
             raise ArtifactError(f"cannot load artifact {self.path}: {type(exc).__name__}: "
                                 f"{lines[-1][:300] if lines else ''}", code="E706",
                                 hint="it may come from another accelc or TVM version; rebuild it") from None
-        self.sizes = sorted(b for b in vm if b is not None)
+        self.sizes = sorted(b for b in (next(iter(vm.values())) if self._buckets else vm) if b is not None)
         # The common call (numpy arrays by position, a built batch size, no per-value checks but
         # ranges) skips the general path: its checks and lookups cost ~10 us a call, 12% of the MLP
         # at batch 256. Ranged inputs keep it: one reduction each (~2 us) checks them.
         lean = (self._on_cpu and not reject_nonfinite and bool(self.sizes) and bool(self.inputs)
-                and all(self._batched))
+                and all(self._batched) and self._buckets is None)
         # per built batch size: each input's (dtype, whole shape, alignment, range test), compared as they are
         self._lean = {b: [(dtype, (b, *dims[1:]), align, test)
                           for (dtype, dims), align, test in zip(self._expect, self._align, self._in_range)]
                       for b in self.sizes} if lean else {}
 
+    def library(self) -> tuple:
+        """(the loaded library, the transformed parameters its VM functions take after the inputs):
+        for tools that run a VM of their own on it (`accelc profile` times each kernel)."""
+        return self._library, self._params
+
     def _thread_functions(self) -> dict:
-        """This thread's VM functions, one static function per built batch size (None: no batch dim)."""
+        """This thread's VM functions, one static function per built batch size (None: no batch dim);
+        with a named dimension, {bucket: {batch: function}}."""
         functions = getattr(self._local, "functions", None)
         if functions is None:
             from tvm.runtime.vm import VirtualMachine
-            self._local.vm = VirtualMachine(self._library, self.device)
-            functions = self._local.functions = {b: self._local.vm[name] for b, name in self._by_batch.items()}
+            vm = self._local.vm = VirtualMachine(self._library, self.device)
+            functions = self._local.functions = {
+                key: ({b: vm[name] for b, name in value.items()} if isinstance(value, dict) else vm[value])
+                for key, value in self._by_batch.items()}
         return functions
 
     # ---- validation ---------------------------------------------------------------------------
@@ -186,8 +197,8 @@ class Predictor:
         if array.dtype != np.dtype(dtype):
             raise InputError(f"input '{name}' must be {dtype}, got {array.dtype}", code="E803",
                              hint=f"convert with .astype(np.{dtype})")
-        expected = ["batch" if d == "batch" else int(d) for d in shape]
-        ok = array.ndim == len(shape) and all(d == "batch" or d == a for d, a in zip(expected, array.shape))
+        expected = [d if isinstance(d, str) else int(d) for d in shape]
+        ok = array.ndim == len(shape) and all(isinstance(d, str) or d == a for d, a in zip(expected, array.shape))
         if not ok:
             raise InputError(f"input '{name}' must have shape {expected}, got {list(array.shape)}", code="E802")
         if "batch" in shape and shape.index("batch") != 0:
@@ -224,6 +235,15 @@ class Predictor:
             for spec, array in zip(self.inputs, arrays):
                 check_finite(f"input '{spec.name}'", array, "loaded with reject_nonfinite=True")
         functions = self._thread_functions()
+        if self._buckets is not None:
+            length = self._buckets.length(arrays)
+            size = self._buckets.size(length)
+            arrays = self._buckets.pad(arrays, size, aligned_empty)
+            return self._buckets.cut(self._batched_call(functions[(size,)], arrays), length)
+        return self._batched_call(functions, arrays)
+
+    def _batched_call(self, functions: dict, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Run on the built batch sizes: padded up to one, or split above the largest."""
         if not self.sizes:
             return self._run(functions[None], [self._device_tensor(i, a) for i, a in enumerate(arrays)])
         batch = next((a.shape[0] for a, b in zip(arrays, self._batched) if b), 1)

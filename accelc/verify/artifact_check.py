@@ -39,11 +39,14 @@ def reverify(folder: Path, samples: int | None = None) -> dict:
         return verify.skipped(f"target '{target.name}' cannot run on this machine: {why}")
     recipe = loaded.recipe
     from accelc.runtime import predictor as runtime
-    from accelc.compile import sample_sets
+    from accelc.compile import bucketed, sample_sets
     model = capture.build_model(loaded)
     predictor = runtime.load(folder)
     names = [o.name for o in manifest.outputs]
     ranges = {spec.name: spec.range for spec in manifest.inputs if spec.range is not None}  # as the build drew ids
-    return verify.verify(lambda arrays: predictor.predict(*arrays),
-                         capture.eager_runner(model, recipe.model.inputs, recipe.model.batch),
-                         sample_sets(loaded, ranges), recipe.verify.tolerance.atol, recipe.verify.tolerance.rtol, names)
+    sets = sample_sets(loaded, ranges)
+    run_reference = capture.eager_runner(model, recipe.model.inputs, recipe.model.batch)
+    runs = (lambda arrays: predictor.predict(*arrays), run_reference)
+    if recipe.model.dims:  # compared at the real positions, as the build did
+        runs = bucketed(manifest, loaded, sets, run_reference, *runs)
+    return verify.verify(*runs, sets, recipe.verify.tolerance.atol, recipe.verify.tolerance.rtol, names)

@@ -32,13 +32,15 @@ def compare(reference: list[np.ndarray], compiled: list[np.ndarray], atol: float
 
 def verify(run_compiled: Callable, run_reference: Callable, sample_sets: list[tuple[int, list]],
            atol: float, rtol: float, output_names: list[str]) -> dict:
-    """Compare compiled and reference outputs over (batch, [input arrays ...]) sample sets."""
+    """Compare compiled and reference outputs over (batch, [input arrays ...]) sample sets; a set's
+    optional third item ({"bucket": {dim: size}}) goes into its rows."""
     rows = []
-    for batch, samples in sample_sets:
+    for batch, samples, *extra in sample_sets:
         per_output: dict[str, dict] = {}
         for arrays in samples:
             for row in compare(run_reference(arrays), run_compiled(arrays), atol, rtol, output_names):
-                merged = per_output.setdefault(row["output"], {**row, "batch": batch, "mismatched": 0,
+                merged = per_output.setdefault(row["output"], {**row, "batch": batch, **(extra[0] if extra else {}),
+                                                               "mismatched": 0,
                                                                "elements": 0, "max_abs": 0.0, "max_rel": 0.0})
                 merged["max_abs"] = max(merged["max_abs"], row["max_abs"])
                 merged["max_rel"] = max(merged["max_rel"], row["max_rel"])
@@ -64,7 +66,8 @@ def format_report(report: dict) -> str:
              f"  {'batch':>6} {'output':<10} {'samples':>7} {'max abs err':>12} {'max rel err':>12} "
              f"{'mismatched':>14}  result"]
     for r in report["rows"]:
-        lines.append(f"  {r['batch']:>6} {r['output']:<10} {r['samples']:>7} {r['max_abs']:>12.3e} "
+        bucket = "".join(f" {n}={v}" for n, v in (r.get("bucket") or {}).items())
+        lines.append(f"  {str(r['batch']) + bucket:>6} {r['output']:<10} {r['samples']:>7} {r['max_abs']:>12.3e} "
                      f"{r['max_rel']:>12.3e} {r['mismatched']:>6}/{r['elements']:<7}  "
                      f"{'ok' if r['passed'] else 'FAIL'}")
     metric = report.get("metric")

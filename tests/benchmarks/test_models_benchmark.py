@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from accelc.backends.tvm.schedules import RULES
+from accelc.backends.tvm import kernel_map
+from accelc.bench import kernels as per_kernel
 from benchmarks import models as bench_models
 
 MLP = "tests.fixtures.models:tiny_mlp"  # Linear(4, 8) -> ReLU -> Linear(8, 2)
@@ -36,7 +38,7 @@ def test_every_system_at_every_batch_size_with_flops_counted_by_hand(measured):
 
 
 def test_kernel_shares_cover_the_call_and_name_the_rule_that_scheduled_each(measured):
-    labels = {bench_models.rule_label(rule) for _, rule in RULES} | {bench_models.NAIVE}
+    labels = {kernel_map.rule_label(rule) for _, rule in RULES} | {kernel_map.NAIVE}
     for config in measured["configs"]:
         rows = config["kernels"]["accelc"]["rows"]
         assert sum(row["share"] for row in rows) == pytest.approx(100, abs=0.5)
@@ -58,11 +60,11 @@ def test_printed_and_markdown_tables(measured):
 def test_breakdown_shares_from_a_planted_profile():
     profile = {"call_ms": 10.0, "spent": {"fused_matmul_add": (0.006, 2), "take": (0.001, 1)}}
     rules = {"fused_matmul_add": {"rule": "Matmul", "tags": ["gemm"]}, "take": {"rule": "Elementwise", "tags": []}}
-    rows = bench_models.breakdown(profile, rules)
+    rows = per_kernel.breakdown(profile, rules)
     assert [(r["kernel"], r["rule"], r["calls"]) for r in rows] == [
         ("fused_matmul_add", "Matmul", 2), ("take", "Elementwise", 1), (bench_models.OUTSIDE, "-", 0)]
     assert [r["share"] for r in rows] == pytest.approx([60, 10, 30])
-    assert bench_models.by_rule(rows) == pytest.approx({"Matmul": 60, "rest of the call": 30, "Elementwise": 10})
+    assert per_kernel.by_rule(rows) == pytest.approx({"Matmul": 60, "rest of the call": 30, "Elementwise": 10})
     # kernels timed one by one above the whole call: shares of their sum, nothing outside
-    over = bench_models.breakdown({"call_ms": 5.0, "spent": profile["spent"]}, rules, {"take"})
-    assert [r["share"] for r in over] == pytest.approx([600 / 7, 100 / 7, 0]) and over[1]["rule"] == bench_models.SEARCHED
+    over = per_kernel.breakdown({"call_ms": 5.0, "spent": profile["spent"]}, rules, {"take"})
+    assert [r["share"] for r in over] == pytest.approx([600 / 7, 100 / 7, 0]) and over[1]["rule"] == per_kernel.SEARCHED

@@ -22,7 +22,9 @@ if str(ROOT) not in sys.path:  # examples/ is imported from the repository, not 
 
 
 # recipe -> output width the example is meant to produce (a new recipe must be added here)
-OUTPUT_WIDTH = {"edu_churn": 1, "edu_churn_pruned": 1, "edu_churn_int8": 1, "resnet_small": 10, "transformer_encoder": 4}
+OUTPUT_WIDTH = {"edu_churn": 1, "edu_churn_pruned": 1, "edu_churn_int8": 1, "resnet_small": 10, "transformer_encoder": 4,
+                "bert_seq_buckets": 32}
+NAMED = {"bert_seq_buckets"}  # model.huggingface with seq buckets: compared with eager in test_seq_buckets.py
 PRUNED = {"edu_churn_pruned", "edu_churn_int8"}  # outputs differ from the original by design: judged by the metric gate
 
 
@@ -83,6 +85,8 @@ def test_runtime_matches_eager_model(built):
     name, result = built
     if name in PRUNED:
         pytest.skip("a pruned model is compared with the pruned graph by the build, and by its metric here")
+    if name in NAMED:
+        pytest.skip("no entrypoint to rebuild it from; tests/integration/test_seq_buckets.py compares it with eager")
     loaded = recipe_mod.load(RECIPES / f"{name}.yaml")
     model, tolerance = eager_model(loaded), loaded.recipe.verify.tolerance
     predictor = runtime.load(result.output)

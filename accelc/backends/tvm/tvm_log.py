@@ -2,15 +2,20 @@
 
 They are written by libtvm straight to file descriptor 2, once per kernel: a decoder LM's build
 printed dozens of each. The C++ logger has no level to set, so the descriptor is redirected for the
-duration and every other line is written back unchanged.
+duration, the known lines go to accelc's log at DEBUG (once each, with their count) and every other
+line is written back unchanged.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import logging
 import os
 import re
 import sys
 import tempfile
+
+_LOG = logging.getLogger(__name__)
 
 # Each with why it is noise here.
 KNOWN = [
@@ -39,8 +44,16 @@ def known_warnings_hidden():
             os.dup2(saved, 2)
             os.close(saved)
             capture.seek(0)
-            kept = [line for line in capture.read().decode("utf-8", "replace").splitlines(keepends=True)
-                    if not any(pattern.search(line) for pattern in KNOWN)]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+            _route(capture.read().decode("utf-8", "replace").splitlines(keepends=True))
+
+
+def _route(lines: list[str]) -> None:
+    """Known warnings to the debug log, counted; the rest back to stderr."""
+    known = collections.Counter(re.sub(r"^\[[^\]]*\]\s*", "", line).strip() for line in lines
+                                if any(pattern.search(line) for pattern in KNOWN))
+    for message, count in known.items():  # without libtvm's timestamp, so that repeats count as one
+        _LOG.debug(f"TVM: {message}{f' (x{count})' if count > 1 else ''}")
+    kept = [line for line in lines if not any(pattern.search(line) for pattern in KNOWN)]
+    if kept:
+        sys.stderr.write("".join(kept))
+        sys.stderr.flush()

@@ -130,3 +130,17 @@ def test_the_manifest_module_needs_only_the_standard_library():
             "print(sorted(m for m in ('numpy', 'torch', 'tvm', 'pydantic') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_kernel_origins_are_typed_and_optional():
+    """Artifacts built before the build recorded each kernel's rule and modules load without them."""
+    from accelc.artifact.manifest import KernelOrigin
+    assert "kernels" not in TODAY and Manifest.from_json(TODAY).kernels is None
+    row = {"kernel": "fused_matmul_add_relu", "rule": "Matmul", "tags": ["gemm"], "nodes": ["addmm", "relu"],
+           "ops": ["addmm.default", "relu.default"], "modules": ["fc1"], "sources": ["model.py:12"]}
+    m = Manifest.from_json({**today(), "kernels": [row]})
+    assert m.kernels == (KernelOrigin("fused_matmul_add_relu", "Matmul", ("gemm",), ("addmm", "relu"),
+                                      ("addmm.default", "relu.default"), ("fc1",), ("model.py:12",)),)
+    assert m.to_json()["kernels"] == [row]
+    assert refused({**today(), "kernels": [{**row, "modules": "fc1"}]}) == ("kernels[0].modules",
+                                                                            "expected a list, got a string")

@@ -60,3 +60,12 @@ def test_unsupported_op_on_the_command_line(repo, capsys):
     err = assert_cli_user_error(["build", repo / "recipe.yaml", "--output", repo / "out"], capsys, "E400")
     assert f"node erfinv at {erfinv_line()}" in err
     assert not (repo / "out").exists()
+
+
+def test_an_op_inside_a_submodule_is_named_with_its_module_path(repo):
+    path = write_recipe(repo, RECIPE.replace("models:unsupported", "models:nested_unsupported"), "nested.yaml")
+    with pytest.raises(UnsupportedOpError) as info:
+        build(path, output=repo / "nested")
+    located = [p for p in info.value.problems if p.location]
+    assert [p.location for p in located] == [f"node erfinv in encoder.1 at {erfinv_line()}"]
+    assert "erfinv" in located[0].message

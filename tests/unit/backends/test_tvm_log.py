@@ -1,6 +1,7 @@
 """TVM's known C++ warnings stay out of the build log; anything else on stderr passes through."""
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -15,6 +16,19 @@ def test_known_lines_are_dropped_and_the_rest_kept(capfd):
         os.write(2, b"[12:00] op.cc:275: Warning: Detected pow(x, y) where y >= 3, it is recommended ...\n")
         os.write(2, b"something TVM had to say\n")
     assert capfd.readouterr().err == "something TVM had to say\n"
+
+
+def test_known_lines_go_to_the_debug_log_once_with_their_count(capfd, caplog):
+    caplog.set_level(logging.DEBUG, logger="accelc")
+    with known_warnings_hidden():
+        for second in range(3):  # libtvm stamps each line: repeats differ only in their timestamp
+            os.write(2, f"[12:00:0{second}] transform.h:1261: Warning: Fast mode segfaults when there are "
+                        "out-of-bounds indices.\n".encode())
+        os.write(2, b"[12:00:09] op.cc:275: Warning: Detected pow(x, y) where y >= 3\n")
+    assert capfd.readouterr().err == ""
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG and r.name.startswith("accelc")]
+    assert debug == ["TVM: transform.h:1261: Warning: Fast mode segfaults when there are out-of-bounds indices. (x3)",
+                     "TVM: op.cc:275: Warning: Detected pow(x, y) where y >= 3"]
 
 
 def test_a_build_with_gathers_and_gelu_prints_none_of_them(capfd, tmp_path):

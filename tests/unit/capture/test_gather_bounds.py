@@ -51,6 +51,8 @@ COMPUTED = textwrap.dedent("""\
         - {name: ids, shape: [batch, 6], dtype: int64}
         - {name: rows, shape: [batch, 3], dtype: int64}
       batch: [1, 4]
+    data:  # ids reach the table only after `+ 90`: no range to sample them from (E310 without samples)
+      samples: {fn: "tests.fixtures.gather_models:int_samples", args: {ids: [6, 0, 10], rows: [3, -50, 50]}}
     target: x86
     verify: {samples: 2}
     """)

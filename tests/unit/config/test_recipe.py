@@ -64,7 +64,7 @@ def test_wrong_type_is_located(tmp_path):
     ("batch: [1, 4]", "batch: [true]", "model.batch.0", "true"),
     ("batch: [1, 4]", "batch: [2.5]", "model.batch.0", "2.5"),
     ("[batch, 4]", "[batch, 4.5]", "model.inputs.0.shape", "[batch, 4.5]"),
-    ("[batch, 4]", "[batch, n]", "model.inputs.0.shape", "[batch, n]"),
+    ("[batch, 4]", "[batch, n]", "model.inputs.0.shape.1", "n]"),  # a name not declared in model.dims
     ("[batch, 4]", "[batch, 0]", "model.inputs.0.shape", "[batch, 0]"),
     ("dtype: float32", "dtype: float33", "model.inputs.0.dtype", "float33"),
     ("verify: {samples: 2}", "verify: {samples: 0}", "verify.samples", "0}"),

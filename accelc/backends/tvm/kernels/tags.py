@@ -15,6 +15,7 @@ KEY = "accelc.kernel"  # the block annotation that holds the tag
 GEMM = "gemm"  # float32 C[i, j] = sum_k A[i, k] * B[k, j] (also with int8 B converted in the kernel)
 IM2COL = "im2col"  # patches of an NHWC image, one contiguous run of channels per tap
 DEPTHWISE = "depthwise"  # float32 depthwise convolution, NHWC: out[n, y, x, o] = sum over taps of x * w[r, s, o]
+POOL = "pool"  # float32 pool, NHWC: out[n, y, x, c] = sum or max over a window of x[n, iy, ix, c]
 INT8_GEMM = "int8.gemm"  # uint8 x int8 -> int32 over weights packed for a micro-kernel
 INT8_GEMV = "int8.gemv"  # the same sum for a few output columns, weights row-major
 QUANTIZE_INPUT = "quantize.input"  # float32 -> uint8 of a GEMM's input, computed in the GEMM kernel

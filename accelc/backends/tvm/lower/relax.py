@@ -11,11 +11,12 @@ import numpy as np
 import torch
 import tvm
 from tvm import relax
-from tvm.relax.frontend.torch import from_exported_program
 from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
 
 from accelc.capture.export import node_location
 from accelc.errors import Problem, ToolchainError, UnsupportedOpError
+from accelc.backends.tvm.kernel_map import KernelRecorder
+from accelc.backends.tvm.lower.origins import Origins, import_program
 from accelc.backends.tvm.pipeline import build_pipeline, prepare_passes
 from accelc.backends.tvm.tvm_log import known_warnings_hidden
 
@@ -28,6 +29,8 @@ class Lowered:
     unaligned_inputs: tuple[int, ...] = ()  # set by compile_module: inputs its kernels take at any alignment
     repairs: list[dict] = field(default_factory=list)  # repairs.py rules applied: [{repair, nodes}]
     input_ranges: dict[str, tuple] = field(default_factory=dict)  # set by compile._lower (index_bounds.py)
+    origins: Origins = field(default_factory=Origins)  # the fx nodes the Relax bindings are named after
+    kernels: list[dict] = field(default_factory=list)  # set by compile_module: kernel_map.KernelRecorder.kernels
 
 
 def export_program(gm: torch.fx.GraphModule, example_inputs, dynamic_shapes) -> torch.export.ExportedProgram:
@@ -38,12 +41,16 @@ def export_program(gm: torch.fx.GraphModule, example_inputs, dynamic_shapes) -> 
         return program.run_decompositions()
 
 
-def export_programs(gm: torch.fx.GraphModule, specs, sizes: list[int]) -> dict:
-    """{batch: static ExportedProgram} for each built size ({None: ...} without a batch dim)."""
+def export_programs(gm: torch.fx.GraphModule, specs, sizes: list[int], dims: dict | None = None) -> dict:
+    """{batch: static ExportedProgram} for each built size ({None: ...} without a batch dim); with
+    named dimensions (model.dims, one) {(batch, size): ...} for each batch size and bucket."""
     from accelc.capture.export import random_inputs, to_torch
-    if not any("batch" in spec.shape for spec in specs):
-        return {None: export_program(gm, to_torch(random_inputs(specs, 1, 0)), None)}
-    return {b: export_program(gm, to_torch(random_inputs(specs, b, 0)), None) for b in sizes}
+    batches = sizes if any("batch" in spec.shape for spec in specs) else [None]
+    if not dims:
+        return {b: export_program(gm, to_torch(random_inputs(specs, b or 1, 0)), None) for b in batches}
+    (name, dim), = dims.items()
+    return {(b, n): export_program(gm, to_torch(random_inputs(specs, b or 1, 0, sizes={name: n})), None)
+            for b in batches for n in dim.sizes}
 
 
 def check_supported(program: torch.export.ExportedProgram, custom_ops=()) -> None:
@@ -57,9 +64,10 @@ def check_supported(program: torch.export.ExportedProgram, custom_ops=()) -> Non
             "E400", "replace these ops in the model, or add a converter (custom_convert_map)")])
 
 
-def function_name(batch: int | None) -> str:
-    """One static Relax function per built batch size; 'main' when the model has no batch dim."""
-    return f"main_b{batch}" if batch else "main"
+def function_name(batch: int | None, *sizes: int) -> str:
+    """One static Relax function per built batch size ('main' when the model has no batch dim) and
+    size of a named dimension (main_b4_s128)."""
+    return (f"main_b{batch}" if batch else "main") + "".join(f"_s{n}" for n in sizes)
 
 
 @known_warnings_hidden()
@@ -70,30 +78,31 @@ def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
     (benchmarks/batch_modes.py); weight transforms are shared by all of them.
     """
     from accelc.backends.tvm.lower import conv as conv_lower
-    from accelc.backends.tvm.lower import repairs
+    from accelc.backends.tvm.lower import embedding_bag, pools, repairs
     from accelc.backends.tvm.kernels import isa
     from accelc.backends.tvm.lower.quant import converters, merge_function
-    cpu = conv_lower.CONVERTERS if target.kind.name == "llvm" else {}  # convolutions as im2col + matmul
-    custom_convert_map = {**repairs.CONVERTERS, **converters(isa.of(target)), **cpu,  # int8 ops: always known
+    # convolutions as im2col + matmul, Linear layers over packed weights, pools in NHWC
+    cpu = {**conv_lower.converters(isa.of(target)), **pools.CONVERTERS} if target.kind.name == "llvm" else {}
+    custom_convert_map = {**repairs.CONVERTERS, **embedding_bag.CONVERTERS,  # ops TVM has no converter for
+                          **converters(isa.of(target)), **cpu,  # int8 ops: always known
                           **(custom_convert_map or {})}
-    mod, params, first = tvm.IRModule(), None, None
+    mod, params, first, origins = tvm.IRModule(), None, None, Origins()
     for batch, program in programs.items():
         check_supported(program, custom_convert_map or {})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            single = from_exported_program(program, keep_params_as_input=True, run_ep_decomposition=False,
-                                           unwrap_unit_return_tuple=True,  # one output: no tuple per call
-                                           custom_convert_map=custom_convert_map)
+            single = import_program(program, custom_convert_map, origins)  # bindings named after fx nodes
         single, detached = relax.frontend.detach_params(single)
         main = single["main"]
         names = [p.name for p in main.params[main.attrs["num_input"]:]]
         if params is None:
             params, first = {n: t.numpy() for n, t in zip(names, detached.get("main", []))}, program
-        name = function_name(batch)
+        name = function_name(*batch) if isinstance(batch, tuple) else function_name(batch)
         mod = merge_function(mod, single, main.with_attr("global_symbol", name), name)  # + helper PrimFuncs
     with target:
         mod = tvm.transform.Sequential(prepare_passes(target))(mod)
-    return Lowered(mod, params or {}, first, repairs=repairs.import_repairs(first) if first is not None else [])
+    return Lowered(mod, params or {}, first, repairs=repairs.import_repairs(first) if first is not None else [],
+                   origins=origins)
 
 
 @known_warnings_hidden()
@@ -109,11 +118,14 @@ def compile_module(lowered: Lowered, target, database=None, cuda_archs=()):
     if target.kind.name == "cuda":
         from accelc.backends.tvm import cuda
         device_code = cuda.ahead_of_time(list(cuda_archs) or [str(target.attrs["arch"])])
+    recorder = KernelRecorder()  # which rule and which model code each kernel comes from
     try:
-        with device_code, target, tvm.transform.PassContext(opt_level=3), database or contextlib.nullcontext():
+        with device_code, target, tvm.transform.PassContext(opt_level=3, instruments=[recorder]), \
+                database or contextlib.nullcontext():
             executable = tvm.compile(lowered.mod, target=target,
                                      relax_pipeline=build_pipeline(target, database, unaligned))
             lowered.unaligned_inputs = tuple(sorted(unaligned.free)) if unaligned is not None else ()
+            lowered.kernels = recorder.kernels(lowered.origins)
             return executable
     except (RuntimeError, ValueError, TypeError) as exc:  # TVM raises RuntimeError subclasses
         raise _compile_error(exc, lowered, target) from None

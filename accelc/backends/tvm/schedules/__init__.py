@@ -20,6 +20,7 @@ from accelc.backends.tvm.schedules.inner_kept_reduction import InnerKeptReductio
 from accelc.backends.tvm.schedules.int8_gemm import Int8Gemm
 from accelc.backends.tvm.schedules.int8_gemv import Int8Gemv
 from accelc.backends.tvm.schedules.matmul import Matmul
+from accelc.backends.tvm.schedules.pool import Pool
 from accelc.backends.tvm.schedules.rule import Tagged
 from accelc.backends.tvm.schedules.tolerant import Tolerant
 
@@ -29,6 +30,7 @@ RULES: tuple[tuple[str, CPUScheduleRule], ...] = (
     (tags.IM2COL, Im2col()),  # patches alone (before an int8 GEMV): one vector copy per tap
     (tags.GEMM, Matmul()),  # float GEMM or convolution: register tile, vectorised, parallel; one column: GEMV
     (tags.DEPTHWISE, Depthwise()),  # depthwise convolutions: pixels x a vector of channels, taps unrolled
+    (tags.POOL, Pool()),  # NHWC pools: pixels x a vector of channels, window taps unrolled
     ("*", Tolerant(dlight.cpu.GEMV())),  # TVM's matrix-vector rule, where its analysis holds
     ("*", InnerKeptReduction()),  # sums over outer axes into a kept inner axis (NHWC pools, column sums)
     ("*", Tolerant(dlight.cpu.Reduction())),  # TVM's row reductions

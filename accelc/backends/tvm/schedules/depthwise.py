@@ -30,11 +30,13 @@ UNROLL_TAPS = 64  # taps unrolled up to this many (7x7 = 49); beyond, the column
 class Depthwise(CPUScheduleRule):
     """out[n, y, x, o] = sum_{r, s} x[n, iy, ix, c] * w[r, s, o], then elementwise blocks."""
 
+    TAG = tags.DEPTHWISE  # the first block's tag (schedules/pool.py tiles pools the same way)
+
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
         if (found := root_blocks(self, func, target)) is None:
             return None
         sch, blocks = found
-        if block_tags(sch, blocks)[:1] != [tags.DEPTHWISE]:
+        if block_tags(sch, blocks)[:1] != [self.TAG]:
             return None
         conv = blocks[0]
         loops = sch.get_loops(conv)

@@ -2,6 +2,8 @@
 dispatch by tag that `RULES` (schedules/__init__.py) is built with."""
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
@@ -26,6 +28,8 @@ def block_tags(sch, blocks) -> list[str]:
 
 
 _LAST: list = []  # [(kernel, its tags)]: ApplyDefaultSchedule asks once per row of RULES about each kernel
+# While a build's ApplyDefaultSchedule runs: [(kernel, the rule that scheduled it)] (kernel_map.py)
+RECORDING: ContextVar[list | None] = ContextVar("accelc_schedule_recording", default=None)
 
 
 def kernel_tags(func) -> tuple[str, ...]:
@@ -50,7 +54,11 @@ class Tagged(CPUScheduleRule):
     def apply(self, func, target: Target, tunable: bool):
         if not isinstance(func, tirx.PrimFunc) or not tags.matches(self.pattern, kernel_tags(func)):
             return None
-        return self.rule.apply(func, target, tunable)
+        space = self.rule.apply(func, target, tunable)
+        recording = RECORDING.get()
+        if space is not None and recording is not None:
+            recording.append((func, self.rule))
+        return space
 
     def __repr__(self) -> str:
         return f"Tagged({self.pattern!r}, {type(self.rule).__name__})"
