@@ -1,4 +1,4 @@
-"""The vectorisable log/exp rules: accurate to an ulp or two against float64 numpy, libm's answers
+"""The vectorisable log/exp/erf rules: accurate to an ulp or two against float64 numpy, libm's answers
 for the special values, and really free of per-lane libm calls once vectorised."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ N = 1 << 14
 
 
 def kernel(name: str, vectorised: bool):
-    op = {"log": T.log, "exp": T.exp}[name]
+    op = {"log": T.log, "exp": T.exp, "erf": T.erf}[name]
     if vectorised:
         @T.prim_func(s_tir=True)
         def f(a: T.Buffer((N,), "float32"), b: T.Buffer((N,), "float32")):
@@ -82,9 +82,24 @@ def test_exp_is_within_two_ulp_over_its_whole_range():
     assert np.isinf(got[~finite]).all()
 
 
-@pytest.mark.parametrize("name", ["log", "exp"])
+def test_erf_is_within_4e7_of_the_exact_value_and_keeps_its_special_values():
+    """GELU's erf (BERT, ViT): float64 math.erf as the reference; ±inf -> ±1, NaN stays NaN."""
+    import math
+    rng = np.random.default_rng(2)
+    values = np.concatenate([rng.uniform(-6, 6, N - 64), np.linspace(-4.5, 4.5, 40), [1e-30, -1e-30, 0.0]])
+    values = values.astype(np.float32)
+    got = run(kernel("erf", True), values)
+    exact = np.array([math.erf(float(v)) for v in values])
+    assert np.abs(got.astype(np.float64) - exact).max() <= 4e-7
+    special = run(kernel("erf", True), np.array([np.inf, -np.inf, np.nan, -0.0], np.float32))
+    np.testing.assert_array_equal(special[[0, 1, 3]], [1.0, -1.0, -0.0])
+    assert np.isnan(special[2]) and np.signbit(special[3])
+
+
+@pytest.mark.parametrize("name", ["log", "exp", "erf"])
 def test_vectorised_code_calls_no_libm(name):
-    """TVM's own lowering leaves `llvm.log.v8f32`, which LLVM expands into 8 calls to logf."""
+    """TVM's own lowering leaves `llvm.log.v8f32`, which LLVM expands into 8 calls to logf (erf: 8
+    calls to erff)."""
     module = kernel(name, True).mod
     assert f"llvm.{name}." not in module.inspect_source("ll")
     assert f"{name}f" not in module.inspect_source("asm")

@@ -1,12 +1,13 @@
-"""Vectorisable float32 log and exp for CPU (LLVM) targets.
+"""Vectorisable float32 log, exp and erf for CPU (LLVM) targets.
 
-TVM lowers `log`/`exp` to LLVM intrinsics that LLVM turns into one libm call per lane: a
-vectorised loop stalls on 8 scalar calls per vector, and edu_churn's folded preprocessing
-(log1p of 24 columns) spent most of its time there. These rules expand the call into the Cephes
-polynomials (as in sse_mathfun / Eigen) built from plain arithmetic and bit operations, which
-LLVM keeps in vector registers. Accuracy (tests/unit/backends/test_vector_math.py, against numpy in float64):
-log within 1 ulp over all positive floats, denormals included; exp within 2 ulp over its whole
-range, denormal results included; zero, negatives, infinities and NaN give what libm gives.
+TVM lowers `log`/`exp`/`erf` to LLVM intrinsics or libm calls, one call per lane: a vectorised
+loop stalls on 8 scalar calls per vector (edu_churn's log1p preprocessing; the GELU that BERT and
+ViT apply in their largest GEMMs' epilogue). These rules expand the call into polynomials (Cephes
+as in sse_mathfun / Eigen for log and exp, Eigen's rational erf) built from plain arithmetic and
+bit operations, which LLVM keeps in vector registers. Accuracy
+(tests/unit/backends/test_vector_math.py, against numpy/math in float64): log within 1 ulp over
+all positive floats, denormals included; exp within 2 ulp over its whole range, denormal results
+included; erf within 4e-7 absolute; zero, negatives, infinities and NaN give what libm gives.
 """
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ _EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.
 _LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4  # ln 2 split so that e * ln2 stays exact
 _MIN_NORMAL = 1.1754943508222875e-38
 _EXP_HI, _EXP_LO = 88.72283935546875, -104.0  # exp overflows above / rounds to zero below
+
+_ERF_ALPHA = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+              -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_BETA = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+             -1.42647390514189e-02)
+_ERF_EDGE = 4.0  # erf(4) rounds to 1 in float32: the rational form is fitted on [-4, 4]
 
 _installed = False
 
@@ -105,13 +112,27 @@ def fast_exp(op, fallback):
     return _let(op.args[0], f, on)
 
 
+def fast_erf(op, fallback):
+    types = _types(op)
+    if types is None:
+        return fallback(op)
+    f, _, c, _ = types
+
+    def on(x0):
+        x = tirx.max(tirx.min(x0, c(_ERF_EDGE)), c(-_ERF_EDGE))
+        return _let(x, f, lambda x: _let(x * x, f, lambda x2: tirx.Select(
+            tirx.isnan(x0), x0, x * _horner(x2, _ERF_ALPHA, c) / _horner(x2, _ERF_BETA, c))))
+
+    return _let(op.args[0], f, on)
+
+
 def install() -> None:
     """Register the rules for LLVM targets (x86 and ARM); other dtypes keep TVM's lowering.
     Idempotent; process-wide, like every TVM intrinsic rule."""
     global _installed
     if _installed:
         return
-    for name, rule in (("tirx.log", fast_log), ("tirx.exp", fast_exp)):
-        fallback = tvm.ir.Op.get(name).get_attr("llvm.FLowerIntrinsic")
+    for name, rule in (("tirx.log", fast_log), ("tirx.exp", fast_exp), ("tirx.erf", fast_erf)):
+        fallback = tvm.ir.Op.get(name).get_attr("llvm.FLowerIntrinsic") or (lambda op: op)  # erf: a libm call
         tirx.register_intrin_lowering(name, target="llvm", f=lambda op, r=rule, fb=fallback: r(op, fb), level=99)
     _installed = True
