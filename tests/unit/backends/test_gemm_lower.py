@@ -49,8 +49,22 @@ def test_panel_layout_is_what_the_kernel_reads():
     np.testing.assert_array_equal(got, want)
 
 
-def test_odd_width_keeps_tvms_matmul():
-    model = torch.nn.Linear(8, COLUMNS + 3).eval()
+@pytest.mark.parametrize("rows", [1, 3])
+def test_a_width_no_panel_divides_is_padded_to_whole_panels(rows):
+    """A classifier's 1000 columns: the weight is padded with zero columns to whole panels at load,
+    the kernel computes whole tiles and keeps the real columns (bias added to those)."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(8, COLUMNS + 3), torch.nn.ReLU()).eval()
+    x = np.random.default_rng(2).standard_normal((rows, 8), dtype=np.float32)
+    got, main, _ = compile_and_run(model, x)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert "R.matmul" not in main and "R.nn.pad" not in main  # the padding is lifted to load time
+
+
+def test_narrower_than_a_panel_keeps_tvms_matmul():
+    model = torch.nn.Linear(8, COLUMNS - 3).eval()
     x = np.random.default_rng(2).standard_normal((3, 8), dtype=np.float32)
     got, main, _ = compile_and_run(model, x)
     with torch.no_grad():
@@ -59,9 +73,10 @@ def test_odd_width_keeps_tvms_matmul():
     assert "R.matmul" in main
 
 
-def test_convolution_reads_panels_one_tile_wide():
+@pytest.mark.parametrize("out_channels", [COLUMNS, COLUMNS + 5])
+def test_convolution_reads_panels_one_tile_wide(out_channels):
     torch.manual_seed(0)
-    model = torch.nn.Conv2d(5, COLUMNS, 3, padding=1).eval()
+    model = torch.nn.Conv2d(5, out_channels, 3, padding=1).eval()
     x = np.random.default_rng(4).standard_normal((1, 5, 7, 9), dtype=np.float32)
     got, main, kernels = compile_and_run(model, x)
     with torch.no_grad():

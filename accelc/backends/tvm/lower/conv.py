@@ -41,16 +41,17 @@ def dense(bb, conv: conv_spec.Conv, nhwc, isa: Isa):
     if gemm.packs(conv.out_channels, isa):
         weight = gemm.pack_columns(bb, weight, gemm.panel_columns(isa))
     return bb.emit_te(patches_matmul, nhwc, weight, conv.kernel, conv.stride, conv.padding, conv.dilation,
-                      primfunc_name_hint="im2col_matmul")
+                      conv.out_channels, primfunc_name_hint="im2col_matmul")
 
 
-def patches_matmul(x: te.Tensor, weight: te.Tensor, kernel, stride, padding, dilation) -> te.Tensor:
+def patches_matmul(x: te.Tensor, weight: te.Tensor, kernel, stride, padding, dilation,
+                   out_channels: int | None = None) -> te.Tensor:
     """im2col and the matmul in one kernel: schedules/matmul.py computes each row tile's patches
     just before the tile, in L1, instead of all patches to memory first (9x the input for 3x3).
     `weight` is [K, N], or panels [N / nr, K, nr] (gemm.pack_columns)."""
     cols = im2col(x, 0.0, kernel, stride, padding, dilation)
     if len(weight.shape) == 3:
-        return gemm.panel_matmul(cols, weight)
+        return gemm.panel_matmul(cols, weight, out_channels)
     k = te.reduce_axis((0, int(cols.shape[1])), name="k")
     return te.compute((cols.shape[0], weight.shape[1]), lambda i, j: te.sum(cols[i, k] * weight[k, j], axis=k),
                       name="matmul", attrs=tags.attrs(tags.GEMM))

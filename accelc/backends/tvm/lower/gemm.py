@@ -29,28 +29,36 @@ def panel_columns(isa: Isa) -> int:
 
 
 def packs(n: int, isa: Isa) -> bool:
-    """Whether a GEMM with `n` output columns gets packed weights (whole panels only)."""
-    return n % panel_columns(isa) == 0
+    """Whether a GEMM with `n` output columns gets packed weights: at least one whole panel (a
+    classifier's 1000 columns are padded to whole panels; narrower ones keep the plain layout)."""
+    return n >= panel_columns(isa)
 
 
 def pack_columns(bb, b_kn: relax.Expr, columns: int) -> relax.Expr:
-    """B [K, N] -> panels [N / columns, K, columns]; a weight's packing depends on parameters only
-    and is lifted to load time."""
+    """B [K, N] -> panels [ceil(N / columns), K, columns], zero columns past N; a weight's packing
+    depends on parameters only and is lifted to load time."""
     k, n = static_shape(b_kn)
-    return bb.emit(relax.op.permute_dims(relax.op.reshape(b_kn, [k, n // columns, columns]), [1, 0, 2]))
+    if extra := -n % columns:
+        b_kn = relax.op.nn.pad(b_kn, [0, 0, 0, extra])
+    return bb.emit(relax.op.permute_dims(relax.op.reshape(b_kn, [k, (n + extra) // columns, columns]), [1, 0, 2]))
 
 
-def panel_matmul(a: te.Tensor, panels: te.Tensor) -> te.Tensor:
-    """float32 C[i, j] = sum_k A[i, k] * B[k, j], B given as panels [N / nr, K, nr]."""
+def panel_matmul(a: te.Tensor, panels: te.Tensor, n: int | None = None) -> te.Tensor:
+    """float32 C[i, j] = sum_k A[i, k] * B[k, j] for j < n, B given as panels [N / nr, K, nr]. Past
+    the last whole panel the kernel computes whole tiles and keeps the first n columns (a vector of
+    real and padding columns costs what a vector costs; a scalar tail would not)."""
     blocks, depth, columns = (int(d) for d in panels.shape)
     k = te.reduce_axis((0, depth), name="k")
-    return te.compute((a.shape[0], blocks * columns),
-                      lambda i, j: te.sum(a[i, k] * panels[j // columns, k, j % columns], axis=k),
-                      name="matmul", attrs=tags.attrs(tags.GEMM, **{tags.PANEL_COLUMNS: columns}))
+    out = te.compute((a.shape[0], blocks * columns),
+                     lambda i, j: te.sum(a[i, k] * panels[j // columns, k, j % columns], axis=k),
+                     name="matmul", attrs=tags.attrs(tags.GEMM, **{tags.PANEL_COLUMNS: columns}))
+    if n is None or n == blocks * columns:
+        return out
+    return te.compute((a.shape[0], n), lambda i, j: out[i, j], name="matmul_columns")
 
 
 def _packable(a: relax.Expr, b: relax.Expr, isa: Isa) -> bool:
-    """float32 A [M, K] @ B [K, N] of static shapes with whole panels."""
+    """float32 A [M, K] @ B [K, N] of static shapes, N at least a panel wide."""
     shapes = [getattr(e.ty, "shape", None) for e in (a, b)]
     return (all(s is not None and len(s) == 2 for s in shapes) and all(str(e.ty.dtype) == "float32" for e in (a, b))
             and all(isinstance(d, int) or hasattr(d, "value") for s in shapes for d in s)
@@ -58,7 +66,8 @@ def _packable(a: relax.Expr, b: relax.Expr, isa: Isa) -> bool:
 
 
 def _panel_gemm(bb, a: relax.Expr, b: relax.Expr, isa: Isa) -> relax.Expr:
-    return bb.emit_te(panel_matmul, a, pack_columns(bb, b, panel_columns(isa)), primfunc_name_hint="matmul")
+    n = static_shape(b)[1]
+    return bb.emit_te(panel_matmul, a, pack_columns(bb, b, panel_columns(isa)), n, primfunc_name_hint="matmul")
 
 
 def convert_mm(node, importer, isa: Isa):

@@ -122,8 +122,8 @@ def _emit(importer, x: relax.Expr, pool: Pool) -> relax.Expr:
     nhwc = bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
     if pool.kind == "adaptive":
         out = bb.emit_te(adaptive_nhwc, nhwc, pool.out, primfunc_name_hint="adaptive_avg_pool")
-    else:
-        out = bb.emit_te(windowed_nhwc, nhwc, pool, primfunc_name_hint=f"{pool.kind}_pool")
+    else:  # emit_te takes tensors and plain values only: the Pool is bound here
+        out = bb.emit_te(lambda t: windowed_nhwc(t, pool), nhwc, primfunc_name_hint=f"{pool.kind}_pool")
     return bb.emit(relax.op.permute_dims(out, [0, 3, 1, 2]))
 
 

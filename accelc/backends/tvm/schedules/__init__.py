@@ -21,6 +21,7 @@ from accelc.backends.tvm.schedules.int8_gemm import Int8Gemm
 from accelc.backends.tvm.schedules.int8_gemv import Int8Gemv
 from accelc.backends.tvm.schedules.matmul import Matmul
 from accelc.backends.tvm.schedules.pool import Pool
+from accelc.backends.tvm.schedules.row_reduction import RowReduction
 from accelc.backends.tvm.schedules.rule import Tagged
 from accelc.backends.tvm.schedules.tolerant import Tolerant
 
@@ -33,6 +34,7 @@ RULES: tuple[tuple[str, CPUScheduleRule], ...] = (
     (tags.POOL, Pool()),  # NHWC pools: pixels x a vector of channels, window taps unrolled
     ("*", Tolerant(dlight.cpu.GEMV())),  # TVM's matrix-vector rule, where its analysis holds
     ("*", InnerKeptReduction()),  # sums over outer axes into a kept inner axis (NHWC pools, column sums)
+    ("*", RowReduction()),  # softmax, LayerNorm, GroupNorm, RMSNorm: rows of vector partial sums, in parallel
     ("*", Tolerant(dlight.cpu.Reduction())),  # TVM's row reductions
     (tags.CONCAT, Concat()),  # concatenations: inputs computed row by row beside the copy
     ("*", Elementwise()),  # everything injective: rows in vectors, else one flat vector loop

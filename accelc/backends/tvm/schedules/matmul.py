@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import tvm
 from tvm import tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
@@ -77,10 +78,10 @@ def _tiled(sch, blocks, patches, extents: list[int], isa: isa_info.Isa):
     # Accumulate the tile in a small buffer of its own so LLVM keeps it in registers across k.
     tile = sch.cache_write(matmul, 0, TILE_SCOPE)
     sch.reverse_compute_at(tile, jo)
-    if padded:  # the padded columns are not stored: the epilogue runs per row tile over the real
-        sch.reverse_compute_at(blocks[-1], io)  # columns, a plain loop LLVM vectorises with a remainder
-    elif len(blocks) > 1:
-        sch.reverse_compute_inline(blocks[-1])  # bias/activation applied as the tile is stored
+    if len(blocks) > 1 and (padded or not _stored_with_tile(sch, blocks[-1])):
+        # padding columns are not stored: the epilogue runs per row tile over the real columns, a
+        # plain loop LLVM vectorises with a remainder
+        sch.reverse_compute_at(blocks[-1], io)
     if patches is not None:
         patches_per_tile(sch, patches, io)
     outer = sch.fuse(*batch, io) if batch else io
@@ -93,6 +94,16 @@ def _tiled(sch, blocks, patches, extents: list[int], isa: isa_info.Isa):
     sch.vectorize(tile_loops[-1])
     sch.decompose_reduction(matmul, ko)
     return sch
+
+
+def _stored_with_tile(sch, epilogue) -> bool:
+    """The epilogue applied as the tile is stored (bias, activation), where it covers every column
+    the tile computes; False (nothing changed) when it reads fewer (panels padded past N)."""
+    try:
+        sch.reverse_compute_inline(epilogue)
+        return True
+    except tvm.s_tir.ScheduleError:
+        return False
 
 
 def tile_rows(m: int, isa: isa_info.Isa) -> int:
