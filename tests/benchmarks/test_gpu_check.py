@@ -2,25 +2,15 @@
 inputs drawn from the range the manifest records (the model's tables), not from [0, 10)."""
 from __future__ import annotations
 
-import textwrap
 
 import numpy as np
 
 from accelc import compile as compile_mod
 from benchmarks import gpu_check
+from tests.fixtures.gather_models import embed_recipe
 from tests.fixtures.helpers import make_repo
 
-EMBED = textwrap.dedent("""\
-    version: 1
-    name: embed
-    model:
-      entrypoint: tests.fixtures.gather_models:embed_linear
-      inputs:
-        - {name: ids, shape: [batch, 6], dtype: int64}
-      batch: [1, 4]
-    target: x86
-    verify: {samples: 3}
-    """)
+EMBED = embed_recipe(3)
 
 
 def manifest() -> dict:

@@ -23,24 +23,14 @@ from accelc.capture import index_bounds
 from accelc.config import recipe
 from accelc.runtime import predictor as runtime
 from accelc.errors import InputError, ModelError
-from tests.fixtures.gather_models import computed_index, embed_linear
+from tests.fixtures.gather_models import computed_index, embed_linear, embed_recipe
 from tests.fixtures.helpers import ROOT, make_repo, pair_eager, pair_inputs, shared_artifact, write_recipe
 from tests.fixtures.servers import live
 
 RTOL, ATOL = 1e-5, 1e-6
 BAD_IDS = [100, 10**6, -1, -10**9, 10**12]
 
-EMBED = textwrap.dedent("""\
-    version: 1
-    name: embed
-    model:
-      entrypoint: tests.fixtures.gather_models:embed_linear
-      inputs:
-        - {name: ids, shape: [batch, 6], dtype: int64}
-      batch: [1, 4]
-    target: x86
-    verify: {samples: 2}
-    """)
+EMBED = embed_recipe(2)
 
 COMPUTED = textwrap.dedent("""\
     version: 1
