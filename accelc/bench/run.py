@@ -51,9 +51,27 @@ def fma_bound_gflops(threads: int) -> float:
     return threads * 2 * fma_lanes() * 2 * cpu_ghz()
 
 
-def fma_lanes() -> int:
+ZEN4_FAMILY = 25  # AMD family 19h with AVX-512 (Zen 4): 512-bit FMAs run on two 256-bit pipes
+
+
+def fma_lanes(cpuinfo: str | None = None) -> int:
+    """float32 lanes each FMA unit retires per cycle: 16 with AVX-512, except on Zen 4, which
+    splits a 512-bit FMA over its 256-bit pipes (the same peak as AVX2)."""
     from accelc.config.host_cpu import cpu_flags
-    return 16 if "avx512f" in cpu_flags() else 8
+    if "avx512f" not in cpu_flags():
+        return 8
+    text = cpuinfo if cpuinfo is not None else _read("/proc/cpuinfo")
+    fields = dict(line.split(":", 1) for line in text.splitlines()[:30] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    amd_zen4 = fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family") == str(ZEN4_FAMILY)
+    return 8 if amd_zen4 else 16
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
 
 
 def cpu_ghz() -> float:

@@ -131,3 +131,16 @@ def test_peers_return_every_output_of_a_dict_model_and_onnx_runs_a_decoder():
     decoder = bench.peer_callables(gpt2(), [ids], threads=1)
     assert callable(decoder["onnxruntime"]), decoder["onnxruntime"]
     np.testing.assert_allclose(decoder["onnxruntime"]()[0], decoder["pytorch eager"]()[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cpuinfo,lanes", [
+    ("vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n", 8),  # Zen 4: 512-bit FMAs on 256-bit pipes
+    ("vendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n", 16),  # Zen 5: full-width FMAs
+    ("vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 85\n", 16),  # Skylake-SP
+])
+def test_the_fma_bound_counts_the_lanes_each_fma_unit_retires(monkeypatch, cpuinfo, lanes):
+    from accelc.config import host_cpu
+    monkeypatch.setattr(host_cpu, "cpu_flags", lambda: frozenset({"avx2", "fma", "avx512f"}))
+    assert bench.fma_lanes(cpuinfo) == lanes
+    monkeypatch.setattr(host_cpu, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert bench.fma_lanes(cpuinfo) == 8
