@@ -250,6 +250,10 @@ class Predictor:
         largest = self.sizes[-1]
         if batch <= largest:
             return self._run_padded(functions, arrays, batch)
+        if not all(self._batched):  # an input without a batch axis (EmbeddingBag's flat ids) cannot be split
+            unbatched = next(spec.name for spec, b in zip(self.manifest.inputs, self._batched) if not b)
+            raise InputError(f"batch {batch} is above the largest built size {largest}, and input '{unbatched}' "
+                             "has no batch dimension to split it by; add the size to model.batch", code="E802")
         chunks = [self._run_padded(functions, [a[start:start + largest] if b else a
                                                for a, b in zip(arrays, self._batched)],
                                    min(batch - start, largest))

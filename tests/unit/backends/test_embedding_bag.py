@@ -87,6 +87,15 @@ def test_bags_match_eager(built_bags, batch):
         np.testing.assert_allclose(predictor(*arrays), eager(bags(), *arrays), rtol=RTOL, atol=ATOL)
 
 
+def test_a_batch_above_the_largest_is_refused_when_an_input_has_no_batch_axis(built_bags):
+    """Split at 4 rows, the offsets would be cut but the flat ids not: a wrong answer. E802 instead."""
+    inputs = bag_samples(6, 0, COUNT)
+    predictor = runtime.load(built_bags.output)
+    with pytest.raises(InputError) as error:
+        predictor(inputs["ids"], inputs["offsets"], inputs["grid"])
+    assert error.value.code == "E802" and "'ids' has no batch dimension" in str(error.value)
+
+
 def test_empty_bags_are_zeros_in_every_mode(built_bags):
     """Offsets [0, 0, 12, 12]: bags 0, 2 and 3 are empty; mean and max of nothing are 0 in torch."""
     ids, grid = np.arange(1, COUNT + 1), np.ones((4, 4), np.int64)
