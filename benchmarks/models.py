@@ -47,6 +47,10 @@ FLOAT = {"resnet50": [{"kind": "fold_batchnorm"}]}
 INT8 = {"resnet50": [{"kind": "fold_batchnorm"}, {"kind": "quantize", "mode": "static", "samples": 8,
                                                    "data": "benchmarks.models:calibration_images"}],
         "bert-base": [{"kind": "quantize", "mode": "dynamic"}], "vit-b16": [{"kind": "quantize", "mode": "dynamic"}]}
+# Dynamic int8 through 12 encoder layers: a one-ulp float difference (LayerNorm, softmax, GELU) before a
+# per-row quantize moves a value or a row's scale by one quantum, and the flips compound (max abs 0.07 on
+# BERT-base's output; 7e-7 with 2 layers), so the compiled-vs-rewritten tier gets a quantum-sized tolerance
+INT8_TOLERANCE = {"bert-base": {"atol": 0.25, "rtol": 0.01}, "vit-b16": {"atol": 0.25, "rtol": 0.01}}
 OUTSIDE = per_kernel.OUTSIDE
 PEERS = ("onnxruntime", "torch.compile", "pytorch eager")
 _LOG = logging.getLogger("benchmarks.models")
@@ -70,7 +74,8 @@ def recipe(name: str, source: dict | str, inputs: list[dict], batches: list[int]
     import accelc
     model = {"entrypoint": source} if isinstance(source, str) else {"huggingface": {**source, "random_weights": True}}
     data = {"version": 1, "name": name, "model": {**model, "inputs": inputs, "batch": sorted(set(batches))},
-            "verify": {"samples": 1}, **({"passes": passes} if passes else {})}
+            "verify": {"samples": 1, **({"tolerance": INT8_TOLERANCE[name]} if name in INT8_TOLERANCE and any(
+                p["kind"] == "quantize" for p in passes or []) else {})}, **({"passes": passes} if passes else {})}
     return accelc.Recipe.model_validate({**data, "tuning": tuning} if tuning else data)
 
 

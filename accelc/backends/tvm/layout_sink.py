@@ -5,11 +5,14 @@ in NCHW: each one ends with NHWC -> NCHW, and the next one starts with NCHW -> N
 ReLU or residual add between them in NCHW. On resnet_small 12 of 19 kernels were such copies and
 elementwise passes (~130 of 280 us at batch 1). Once every elementwise op runs on the
 un-permuted, un-reshaped tensor the pairs cancel, and bias, residual add and ReLU fuse into the
-matmul's epilogue.
+matmul's epilogue. An int8 model's quantize (multiply and add by 0-d scalars, round, clip, astype)
+sits between the ReLU and the next convolution's NCHW -> NHWC of its uint8 input: the layout
+moves through it too, so that the pair cancels and the quantize runs in the int8 GEMM's epilogue.
 
 Rules, applied until nothing changes (each keeps the values exactly):
-  f(layout(y))                   -> layout(f(y))          f unary elementwise
+  f(layout(y), *scalars)         -> layout(f(y, *scalars))  f unary elementwise (clip: its bounds)
   g(layout(a), layout(b))        -> layout(g(a, b))       same layout, a and b the same shape
+  g(layout(a), s), g(s, layout(a)) -> layout(g(a, s)) ... s a 0-d tensor
   permute(permute(y, p), q)      -> y, or one permute     (composed)
   mean(permute(y, p), axes, keepdims) -> permute(mean(y, p[axes], keepdims), p)
 """
@@ -23,7 +26,8 @@ from tvm import relax
 from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
 UNARY = ("relax.nn.relu", "relax.sigmoid", "relax.tanh", "relax.nn.gelu", "relax.nn.silu", "relax.exp",
-         "relax.negative", "relax.abs", "relax.sqrt")
+         "relax.negative", "relax.abs", "relax.sqrt", "relax.round", "relax.astype")
+WITH_BOUNDS = ("relax.clip",)  # unary with two scalar (PrimValue) arguments
 BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum")
 MAX_ROUNDS = 64  # each round moves every layout op at least one op down; models are far shallower
 
@@ -63,9 +67,13 @@ def _static_shape(expr) -> list[int] | None:
 def _sink_through_elementwise(func):
     y, a, b = wildcard(), wildcard(), wildcard()
     for moved in _layout_of(y):
+        def unary(call, m, moved=moved):
+            return _redo(m[moved], relax.Call(call.op, [m[y], *call.args[1:]], call.attrs))
         for op in UNARY:
-            func = rewrite_call(is_op(op)(moved), lambda call, m, moved=moved: _redo(
-                m[moved], relax.Call(call.op, [m[y]], call.attrs)), func)
+            func = rewrite_call(is_op(op)(moved), unary, func)
+        for op in WITH_BOUNDS:
+            func = rewrite_call(is_op(op)(moved, wildcard(), wildcard()), unary, func)
+        func = _sink_past_scalars(func, moved, y)
     for left, right in zip(_layout_of(a), _layout_of(b)):
         def binary(call, m, left=left, right=right):
             shape = _static_shape(m[a])
@@ -75,6 +83,22 @@ def _sink_through_elementwise(func):
             return _redo(m[left], relax.Call(call.op, [m[a], m[b]], call.attrs))
         for op in BINARY:
             func = rewrite_call(is_op(op)(left, right), binary, func)
+    return func
+
+
+def _sink_past_scalars(func, moved, y):
+    """g(layout(y), s) and g(s, layout(y)) -> layout(g(y, s)) for a 0-d tensor s (a quantize's scale
+    and zero point): broadcasting a scalar does not depend on the layout."""
+    s = wildcard()
+
+    def scalar(call, m):
+        if _static_shape(m[s]) != [] or m[y].ty.dtype != m[s].ty.dtype:
+            return call
+        args = [m[y], m[s]] if call.args[0].same_as(m[moved]) else [m[s], m[y]]
+        return _redo(m[moved], relax.Call(call.op, args, call.attrs))
+    for op in BINARY:
+        func = rewrite_call(is_op(op)(moved, s), scalar, func)
+        func = rewrite_call(is_op(op)(s, moved), scalar, func)
     return func
 
 
@@ -98,13 +122,29 @@ def _cancel_permutes(func):
     return rewrite_call(is_op("relax.mean")(inner), mean, func)
 
 
+def _per_call(func: relax.Function) -> set:
+    """The variables that depend on the function's inputs, not only on its weights (the first
+    `num_input` parameters are inputs): what depends on weights alone runs once at load
+    (LiftTransformParams)."""
+    count = func.attrs["num_input"] if func.attrs is not None and "num_input" in func.attrs else len(func.params)
+    found = set(func.params[:int(count)])
+    for block in getattr(func.body, "blocks", []):
+        for binding in block.bindings:
+            if any(var in found for var in relax.analysis.free_vars(binding.value)):
+                found.add(binding.var)
+    return found
+
+
 def _permuted_elements(func: relax.Function) -> int:
-    """How many elements the function's transposes copy (a reshape is a view)."""
-    total = 0
+    """How many elements the function's transposes copy per call (a reshape is a view; a weight's
+    transpose runs once at load). Sinking a weight's layout past the astype of its column sums
+    adds such a transpose and must not stop the activations' from cancelling."""
+    total, per_call = 0, _per_call(func)
 
     def visit(expr):
         nonlocal total
-        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.permute_dims":
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.permute_dims" and any(
+                var in per_call for var in relax.analysis.free_vars(expr.args[0])):
             shape = _static_shape(expr)
             total += math.prod(shape) if shape is not None else 1
     relax.analysis.post_order_visit(func.body, visit)

@@ -3,6 +3,7 @@ model cancel, the values stay those of PyTorch/numpy, and what the rules must no
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import tvm
 from tvm import relax
@@ -118,3 +119,68 @@ def test_a_mean_over_transposed_axes_reduces_the_original_axes():
     assert "R.mean(x, axis=[2, 1]" in sunk.script()
     x = np.random.default_rng(3).standard_normal((2, 5, 6, 3), dtype=np.float32)
     np.testing.assert_allclose(run(sunk, x), x.transpose(0, 3, 1, 2).mean(axis=(2, 3), keepdims=True), rtol=1e-6)
+
+
+def test_a_quantize_between_inverse_transposes_runs_untransposed():
+    """relu, then quantize (x * 1/scale, round, + zero point, clip, to uint8; scale and zero point
+    0-d), between NHWC -> NCHW and back: both transposes go, the values are numpy's."""
+    def body(bb, x, inverse, zero):
+        y = bb.emit(relax.op.nn.relu(bb.emit(relax.op.permute_dims(x, [0, 3, 1, 2]))))
+        y = bb.emit(relax.op.add(bb.emit(relax.op.round(bb.emit(relax.op.multiply(y, inverse)))), zero))
+        q = bb.emit(relax.op.astype(bb.emit(relax.op.clip(y, 0, 255)), "uint8"))
+        return relax.op.permute_dims(q, [0, 2, 3, 1])
+    func = build([("x", (2, 3, 4, 5)), ("inverse", ()), ("zero", ())], body)
+    sunk = layout_sink.sink_layouts(func)
+    assert count(sunk, "permute_dims") == 0 and count(sunk, "clip") == 1 and count(sunk, "astype") == 1
+    x = np.random.default_rng(4).standard_normal((2, 3, 4, 5), dtype=np.float32) * 8
+    inverse, zero = np.array(1 / 0.05, np.float32), np.array(3.0, np.float32)
+    want = np.clip(np.round(np.maximum(x, 0) * inverse) + zero, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(run(sunk, x, inverse, zero), want)
+
+
+def test_a_per_channel_operand_stops_the_transpose():
+    """Only a 0-d operand broadcasts alike in every layout: a [C] vector stays on the NCHW side."""
+    func = build([("x", (2, 3, 4, 5)), ("scale", (5,))], lambda bb, x, scale: relax.op.multiply(
+        bb.emit(relax.op.permute_dims(x, [0, 3, 1, 2])), bb.emit(relax.op.reshape(scale, [5, 1, 1]))))
+    assert layout_sink.sink_layouts(func).same_as(func)
+
+
+class QuantizedConvs(torch.nn.Module):
+    """int8 conv -> relu -> quantize -> int8 conv, NCHW, the ops the quantize pass writes (static:
+    0-d scales and zero points): the eager ops are the exact reference."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        for name, shape in (("w1", (channels, 3, 3, 3)), ("w2", (channels, channels, 3, 3))):
+            setattr(self, name, torch.nn.Buffer(torch.randint(-127, 128, shape, generator=g, dtype=torch.int8)))
+            setattr(self, f"{name}_scale", torch.nn.Buffer(torch.rand(shape[0], generator=g) * 0.01))
+            setattr(self, f"{name}_bias", torch.nn.Buffer(torch.randn(shape[0], generator=g)))
+        self.scales = torch.nn.Buffer(torch.tensor([0.03, 0.05]))
+        self.zero = torch.nn.Buffer(torch.tensor(4, dtype=torch.int32))
+
+    def forward(self, x):
+        from accelc.passes.quantize_ops import ops
+        geometry = ([1, 1], [1, 1], [1, 1])
+        q = ops.quantize(x, self.scales[0], self.zero, 0, 127)
+        y = ops.conv2d_int8(q, self.scales[0], self.zero, self.w1, self.w1_scale, self.w1_bias, *geometry)
+        q = ops.quantize(torch.relu(y), self.scales[1], self.zero, 0, 127)
+        return ops.conv2d_int8(q, self.scales[1], self.zero, self.w2, self.w2_scale, self.w2_bias, *geometry)
+
+
+@pytest.mark.parametrize("channels, size", [(16, (10, 12)), (64, (4, 4))], ids=["activations", "weights"])
+def test_int8_convolutions_keep_nhwc_through_relu_and_quantize(channels, size):
+    """Only the input's and the output's transposes are left (each int8 convolution brought two,
+    one of them of uint8); the relu and the quantize run in the first GEMM kernel's epilogue. With
+    more weights than activations too: the weights' transposes (their column sums' int32 one
+    included) run once at load and do not count against the activations'."""
+    model = QuantizedConvs(channels).eval()
+    x = np.random.default_rng(6).standard_normal((2, 3, *size), dtype=np.float32) * 3
+    got, main, kernels = compile_and_run(model, x, block="im2col")
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    transposes = [line for line in main.splitlines() if "R.permute_dims" in line]
+    assert len(transposes) == 2 and "uint8" in transposes[0] and "float32" in transposes[1], transposes
+    epilogues = [name for name in kernels if "qgemm" in name and "relu" in name and "clip" in name]
+    assert epilogues, sorted(kernels)
