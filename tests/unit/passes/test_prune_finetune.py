@@ -48,10 +48,8 @@ def overflowing():
 '''
 
 
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    """A real recipe whose repository holds the training data module."""
-    root = tmp_path_factory.mktemp("ftrepo")
+def _load_repo(root, data: str = ""):
+    """A real recipe whose repository holds the training data module (`data`: a recipe data line)."""
     (root / "ft_data_prune.py").write_text(DATA)
     (root / "r.yaml").write_text(textwrap.dedent("""\
         version: 1
@@ -60,8 +58,13 @@ def loaded(tmp_path_factory):
           entrypoint: ft_model:build
           inputs:
             - {name: x, shape: [batch, 12]}
-        """))
+        """) + data)
     return recipe_mod.load(root / "r.yaml")
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    return _load_repo(tmp_path_factory.mktemp("ftrepo"))
 
 
 def run(gm, inputs, loaded, logger=None, **config):
@@ -90,17 +93,7 @@ def test_finetune_recovers_accuracy(loaded):
 def test_the_recipes_data_train_is_the_default_source(tmp_path):
     """`data.train` in the recipe feeds finetune when finetune.data is not given: the same training
     as naming the source explicitly."""
-    (tmp_path / "ft_data_prune.py").write_text(DATA)
-    (tmp_path / "r.yaml").write_text(textwrap.dedent("""\
-        version: 1
-        name: ft
-        model:
-          entrypoint: ft_model:build
-          inputs:
-            - {name: x, shape: [batch, 12]}
-        data: {train: "ft_data_prune:binary_train"}
-        """))
-    with_train = recipe_mod.load(tmp_path / "r.yaml")
+    with_train = _load_repo(tmp_path, 'data: {train: "ft_data_prune:binary_train"}\n')
     graphs = []
     for loaded, finetune in ((with_train, {}), (with_train, {"data": "ft_data_prune:binary_train"})):
         model, inputs, gm = captured("mlp")
