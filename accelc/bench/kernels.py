@@ -21,14 +21,16 @@ _LAYER = re.compile(r"(?<=\.)\d+(?=\.|$)")  # a layer number in a module path: e
 
 def sample_inputs(manifest: Manifest, batch: int | None) -> list[np.ndarray]:
     """Seeded inputs of the stored recipe's input spec, as `accelc bench` makes them (seed = batch),
-    with ids inside the ranges the build found (the runtime refuses others)."""
+    with ids inside the ranges the build found (the runtime refuses others) and named dimensions
+    (seq) at their largest bucket: the size a deployment is sized for."""
     from accelc.capture import export as capture
     from accelc.config import recipe as recipe_mod
     from accelc.config import yamlio
     stored = manifest.recipe
     recipe = recipe_mod.parse(yamlio.load_text(stored.text, f"{stored.path} (as stored in the manifest)"))
     ranges = {spec.name: spec.range for spec in manifest.inputs if spec.range is not None}
-    return list(capture.random_inputs(recipe.model.inputs, batch or 1, seed=batch or 1, ranges=ranges))
+    sizes = capture.largest_sizes(capture.specs_dims(recipe.model.inputs), recipe.model.dims)
+    return list(capture.random_inputs(recipe.model.inputs, batch or 1, seed=batch or 1, ranges=ranges, sizes=sizes))
 
 
 def function_for(manifest: Manifest, batch: int | None) -> str | None:

@@ -223,6 +223,7 @@ def bench_artifact(folder: Path, batches: list[int] | None = None, threads: int 
     from accelc.artifact import store as artifact
     from accelc.capture import export as capture
     from accelc.runtime import predictor as runtime
+    from accelc.bench.kernels import sample_inputs
     from accelc.verify.artifact_check import stored_recipe
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
     manifest = artifact.load_manifest(folder)
@@ -233,7 +234,7 @@ def bench_artifact(folder: Path, batches: list[int] | None = None, threads: int 
                "fma_bound_gflops": fma_bound_gflops(threads), "batches": {}}
     for batch in batches or manifest.batch:
         log.info(f"timing {manifest.name} at batch {batch}: {rounds} round(s), {calls} calls per system ...")
-        inputs = list(capture.random_inputs(loaded.recipe.model.inputs, batch, seed=batch))
+        inputs = sample_inputs(manifest, batch)
         rows = compare(model, inputs, {"accelc": lambda: predictor(*inputs)}, threads, calls, rounds=rounds)
         results["batches"][batch] = rows
     return results

@@ -2,26 +2,12 @@
 float32 and in the int8 mode that applies to it, with no internal error at any batch list."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from accelc import compile as compile_mod, emulate
 from accelc.config import targets
 from tests.fixtures.helpers import ROOT, Recording, make_repo, require, write_recipe
-from tests.fixtures.families import FAMILIES
-
-QUANTIZE = {"dynamic": "[{kind: quantize, mode: dynamic}]",
-            "static": "[{kind: quantize, mode: static}]\ndata: {calibration: tests.fixtures.families:images}"}
-
-
-def recipe(family: str, batch: str, passes: str = "[]") -> str:
-    source, inputs, _ = FAMILIES[family]
-    model = f"  entrypoint: {source}" if isinstance(source, str) else \
-        f"  huggingface: {json.dumps({**source, 'random_weights': True})}"
-    lines = "\n".join(f"    - {spec}" for spec in inputs)
-    return (f"version: 1\nname: {family}\nmodel:\n{model}\n  inputs:\n{lines}\n  batch: {batch}\n"
-            f"passes: {passes}\ntarget: x86\nverify: {{samples: 2}}\n")
+from tests.fixtures.families import FAMILIES, quantize, recipe
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +40,7 @@ def test_float32_builds_and_verifies(repo, family):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_int8_builds_and_verifies_at_batch_one(repo, family):
     mode = FAMILIES[family][2]
-    built, _ = build(repo, recipe(family, "[1]", QUANTIZE[mode]), f"{family}-{mode}", 1)
+    built, _ = build(repo, recipe(family, "[1]", quantize(family, mode)), f"{family}-{mode}", 1)
     report = built.manifest.passes[0]
     assert report.kind == "quantize" and report.stats["mode"] == mode
     assert any(row["dtype"] == "int8" for row in report.stats["layers"]), report.stats["layers"]
@@ -65,7 +51,8 @@ def test_int8_builds_and_verifies_at_batch_one(repo, family):
 @pytest.mark.slow
 @pytest.mark.arm
 @pytest.mark.parametrize("family, passes", [("bert", "[]"), ("gpt2", "[]"), ("resnet", "[]"),
-                                            ("bert", QUANTIZE["dynamic"]), ("resnet", QUANTIZE["static"])])
+                                            ("bert", quantize("bert", "dynamic")),
+                                            ("resnet", quantize("resnet", "static"))])
 def test_arm_subset_verifies_under_emulation(repo, family, passes):
     """Cross-compiled for aarch64 and verified by accelc's runtime inside an arm64 root (qemu-user)."""
     reason = emulate.unavailable(targets.resolve("arm", ROOT))
