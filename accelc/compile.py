@@ -24,6 +24,7 @@ from accelc.config.recipe import Recipe
 from accelc.config.targets import Target
 from accelc.verify import compare as verify
 from accelc.verify import samples as samples_mod
+from accelc.verify.sqnr import floors as sqnr_floors
 from accelc.artifact import cache as build_cache
 from accelc.errors import TuningError, VerificationError
 
@@ -203,11 +204,15 @@ def tune_recipe(recipe: str | Path | Recipe, target: str | Target | None = None,
 
 
 def _failure(report: dict) -> str:
+    """The E600 message: each failing output with its reference, batch and numbers, and the metric."""
+    failed = verify.failures(report)
     metric = report.get("metric")
     if metric and not metric["passed"]:
-        return (f"metric {metric['name']} got worse by {metric['drop']:.6g} (original {metric['original']:.6f}, "
-                f"compiled {metric['compiled']:.6f}); verify.metric.max_drop is {metric['max_drop']:g}")
-    return "the compiled module does not match the original model"
+        failed.append(f"metric {metric['name']} got worse by {metric['drop']:.6g} (original "
+                      f"{metric['original']:.6f}, compiled {metric['compiled']:.6f}); verify.metric.max_drop is "
+                      f"{metric['max_drop']:g}")
+    shown = "; ".join(failed[:3]) + (f"; and {len(failed) - 3} more" if len(failed) > 3 else "")
+    return shown or f"the compiled module does not match the {report.get('reference', 'original model')}"
 
 
 def _verify(loaded, spec, captured: capture.Captured, rewritten, folder: Path, validation=None,
@@ -219,7 +224,7 @@ def _verify(loaded, spec, captured: capture.Captured, rewritten, folder: Path, v
     if not ok:
         return _verify_emulated(loaded, spec, captured, rewritten, folder, validation, why, ranges)
     from accelc.runtime import predictor as runtime
-    return _compare(loaded, captured, rewritten, runtime.load(folder), validation, ranges)
+    return verify_predictor(loaded, captured, rewritten, runtime.load(folder), validation, ranges)
 
 
 def _verify_emulated(loaded, spec, captured: capture.Captured, rewritten, folder: Path, validation,
@@ -233,8 +238,8 @@ def _verify_emulated(loaded, spec, captured: capture.Captured, rewritten, folder
     if reason is None:
         try:
             with emulate.EmulatedPredictor(folder, spec) as predictor:
-                return {**_compare(loaded, captured, rewritten, predictor, validation, ranges,
-                                   artifact.load_manifest(folder)),
+                return {**verify_predictor(loaded, captured, rewritten, predictor, validation, ranges,
+                                           artifact.load_manifest(folder)),
                         "runner": predictor.description}
         except emulate.EmulatorUnavailable as exc:  # a broken root skips verification, never the build
             reason = f"{exc}; rebuild the root with `{emulate.SETUP_COMMAND} --force`"
@@ -242,20 +247,21 @@ def _verify_emulated(loaded, spec, captured: capture.Captured, rewritten, folder
                           f"{reason}")
 
 
-def _compare(loaded, captured: capture.Captured, rewritten, predictor, validation,
-             ranges: dict | None = None, manifest: Manifest | None = None) -> dict:
+def verify_predictor(loaded, captured: capture.Captured, rewritten, predictor, validation=None,
+                     ranges: dict | None = None, manifest: Manifest | None = None) -> dict:
     """The artifact (native or emulated predictor) vs the rewritten graph on the samples (ids drawn
-    from `ranges`, the manifest's), and vs the original eager model by the metric."""
+    from `ranges`, the manifest's), and vs the original eager model by SQNR and the metric; the
+    build's check, and `accelc verify`'s again."""
     run_compiled = lambda arrays: predictor.predict(*arrays)  # noqa: E731
     specs, sizes = loaded.recipe.model.inputs, loaded.recipe.model.batch
     run_reference = capture.eager_runner(captured.model, specs, sizes)
     run_rewritten = capture.eager_runner(rewritten, specs, sizes) if rewritten is not None else run_reference
-    sets, compared = sample_sets(loaded, ranges), (run_compiled, run_rewritten)
+    sets, compared = sample_sets(loaded, ranges), (run_compiled, run_rewritten, run_reference)
     if loaded.recipe.model.dims:  # padding must be invisible, then only the real positions are compared
         compared = bucketed(manifest or predictor.manifest, loaded, sets, run_reference, *compared)
-    report = verify.verify(*compared, sets,
-                           loaded.recipe.verify.tolerance.atol,
-                           loaded.recipe.verify.tolerance.rtol, captured.output_names)
+    tolerance = loaded.recipe.verify.tolerance
+    report = verify.verify(*compared[:2], sets, tolerance.atol, tolerance.rtol, captured.output_names,
+                           sqnr_floors(loaded.recipe), compared[2] if rewritten is not None else None)
     report["reference"] = "rewritten graph (after passes)" if rewritten is not None else "original model"
     gate = loaded.recipe.verify.metric
     if gate and validation is not None:  # the task metric: original eager model vs the artifact

@@ -133,7 +133,8 @@ class TuningError(AccelcError):
 
 
 class VerificationError(AccelcError):
-    """The compiled module does not match the original model within budget."""
+    """The compiled module does not match its reference (the rewritten graph, or the original model)
+    within budget."""
     default_code = "E600"
     band = (600, 609)
     exit_code = EXIT_VERIFY_FAILED
@@ -246,8 +247,8 @@ _TABLE: dict[str, tuple[tuple[str, str, str], ...]] = {
          "install the tools named, then set the root up again with --force"),
         ("E510", "`accelc serve` needs starlette, uvicorn and prometheus-client", "pip install 'accelc[serve]'")),
     "VerificationError": (
-        ("E600", "the artifact does not match the model within the tolerance, or the metric dropped too far",
-         "drop or soften the pass that costs accuracy, or loosen verify.tolerance or max_drop"),
+        ("E600", "the artifact misses its reference (rewritten graph or original model), its SQNR floor or the metric",
+         "drop or soften the pass that costs accuracy, or loosen verify.tolerance, verify.sqnr or max_drop"),
         ("E602", "padding a named dimension (seq) changes the model's outputs at the real positions",
          "declare the mask the model's attention reads (model.dims.<dim>.mask), or build fixed sizes only")),
     "TuningError": (

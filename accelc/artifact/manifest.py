@@ -151,6 +151,8 @@ class KernelTuning(Record):
     gflops: float | None
     status: str  # tuned, reused, default, elementwise
     schedule: str | None = nullable()  # whether the best schedule is the default or a searched one
+    default_us: float | None = None  # the default schedule's measured time
+    share: float | None = None  # of the tuned kernels' time (calls x default time) that budgets follow
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,17 @@ class OutputCheck(Record):
     passed: bool
     note: str | None = None
     bucket: dict[str, int] | None = None  # the size of each named dimension the samples ran on
+    sqnr_db: float | None = None  # vs the reference, over all samples (inf: no difference)
+    sqnr_original_db: float | None = None  # vs the original model, where verify.sqnr.vs_original is set
+    criterion: Literal["tolerance", "sqnr"] | None = None  # what passed it: per element, or SQNR
+
+
+@dataclass(frozen=True)
+class SqnrFloors(Record):
+    """SQNR floors in dB (None: not checked): vs the reference, and vs the original model."""
+
+    vs_rewritten: float | None = None
+    vs_original: float | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +230,7 @@ class Verification(Record):
     reason: str | None = None
     runner: str | None = None  # an emulator, when the artifact ran under one
     metric: MetricCheck | None = None
+    sqnr: SqnrFloors | None = None
 
 
 @dataclass(frozen=True)

@@ -292,11 +292,23 @@ class MetricGate(Strict):
     max_drop: float = Field(ge=0, allow_inf_nan=False, description="Largest allowed worsening of the metric.")
 
 
+class SqnrGate(Strict):
+    vs_rewritten: float | None = Field(None, ge=0, le=300, allow_inf_nan=False, description=(
+        "SQNR floor in dB of the artifact vs the rewritten graph, per output over all samples of a batch size: "
+        "an output outside the tolerance passes when its SQNR reaches it (absent: tolerance only)."))
+    vs_original: float | None = Field(None, ge=0, le=300, allow_inf_nan=False, description=(
+        "SQNR floor in dB of the artifact vs the original model (float32), per output: a label-free gate on "
+        "what the passes cost (absent: not checked)."))
+
+
 class VerifySection(Strict):
-    tolerance: Tolerance = Field(default_factory=Tolerance, description="Compiled vs original model.")
+    tolerance: Tolerance = Field(default_factory=Tolerance, description="Compiled vs rewritten graph, per element.")
     samples: StrictInt = Field(8, ge=1, le=10_000, description="Seeded sample batches per batch size.")
     seed: StrictInt = Field(0, ge=0, le=2**32 - 1, description="Seed for generated samples.")
     metric: MetricGate | None = Field(None, description="Task-metric gate on data.validation.")
+    sqnr: SqnrGate | None = Field(None, description=(
+        "SQNR floors for outputs where a per-element tolerance cannot hold (deep int8 graphs). Default with an "
+        "int8 quantize pass: {vs_rewritten: 40, vs_original: 15}; none otherwise; {} checks neither."))
 
 
 PassConfig = Annotated[Union[tuple(PASS_CONFIGS.values())], Field(discriminator="kind")]

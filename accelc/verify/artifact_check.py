@@ -1,5 +1,6 @@
-"""`accelc verify ARTIFACT`: rebuild the original model from the recipe stored in the
-manifest and compare it with the artifact again (e.g. on the production host)."""
+"""`accelc verify ARTIFACT`: rebuild the original model (and the passes' graph) from the recipe
+stored in the manifest and verify the artifact again by the build's contract (e.g. on the
+production host)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,6 +31,9 @@ def stored_recipe(folder: Path, manifest: Manifest, samples: int | None = None) 
 
 
 def reverify(folder: Path, samples: int | None = None) -> dict:
+    """The build's contract again: the artifact vs the rewritten graph (the passes run again on the
+    original model, e.g. the quantized graph of an int8 build) per element or by SQNR, vs the original
+    model by verify.sqnr.vs_original and the metric; the original model alone when there are no passes."""
     manifest = artifact.load_manifest(folder)
     loaded = stored_recipe(folder, manifest, samples)
     target = manifest.target
@@ -37,16 +41,21 @@ def reverify(folder: Path, samples: int | None = None) -> dict:
     ok, why = host.can_run(target.device, target.arch, target.cpu_features)
     if not ok:
         return verify.skipped(f"target '{target.name}' cannot run on this machine: {why}")
-    recipe = loaded.recipe
     from accelc.runtime import predictor as runtime
-    from accelc.compile import bucketed, sample_sets
-    model = capture.build_model(loaded)
-    predictor = runtime.load(folder)
-    names = [o.name for o in manifest.outputs]
+    from accelc.compile import verify_predictor
+    from accelc.verify import gate_data
+    captured = capture.capture(loaded)
+    rewritten = _rewritten(loaded, captured, target.name) if loaded.recipe.passes else None
+    validation = gate_data.validation_data(loaded) if loaded.recipe.verify.metric else None
     ranges = {spec.name: spec.range for spec in manifest.inputs if spec.range is not None}  # as the build drew ids
-    sets = sample_sets(loaded, ranges)
-    run_reference = capture.eager_runner(model, recipe.model.inputs, recipe.model.batch)
-    runs = (lambda arrays: predictor.predict(*arrays), run_reference)
-    if recipe.model.dims:  # compared at the real positions, as the build did
-        runs = bucketed(manifest, loaded, sets, run_reference, *runs)
-    return verify.verify(*runs, sets, recipe.verify.tolerance.atol, recipe.verify.tolerance.rtol, names)
+    return verify_predictor(loaded, captured, rewritten, runtime.load(folder), validation, ranges, manifest)
+
+
+def _rewritten(loaded: recipe_mod.LoadedRecipe, captured: capture.Captured, target_name: str):
+    """The graph the build compiled: the recipe's passes on the captured model, for the artifact's
+    target (its int8 policy decides a quantize pass's settings)."""
+    from accelc.config import targets
+    from accelc.passes import PassContext, run_passes
+    spec = targets.resolve(target_name, loaded.root)
+    return run_passes(captured.graph, list(loaded.recipe.passes),
+                      PassContext(captured.example_inputs, loaded, None, target=spec))[0]
