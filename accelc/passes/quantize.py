@@ -18,6 +18,7 @@ import torch
 
 from accelc.config import targets
 from accelc.errors import PassError, TargetError
+from accelc.passes import linear_form
 from accelc.passes import quantize_fallback as fallback_mod, quantize_observe as observe_mod, quantize_rewrite as rewrite
 from accelc.passes.base import Pass, PassContext, PassResult, glob_warnings
 from accelc.passes.configs.quantize import FallbackConfig, Int8Choice, QuantizeConfig
@@ -36,6 +37,7 @@ class Quantize(Pass):
         index = _index(cfg, ctx.loaded)
         where = ctx.loaded.where("passes", index) if ctx.loaded is not None and index is not None else None
         choice = _int8(cfg, ctx, index)
+        gm, as_linear = linear_form.as_linear(gm)  # GPT-2's Conv1D: addmm over [in, out] weights
         found = rewrite.layers(gm, cfg.dtype)
         notes = glob_warnings({"skip": cfg.skip}, [layer.name for layer in found])
         chosen = _select(found, cfg, mode, choice)
@@ -64,6 +66,8 @@ class Quantize(Pass):
         report = _report(cfg, mode, gm, result, found, chosen, sqnr, source, len(tensors[0]), notes, choice)
         if fell_back:
             report["fallback"] = fell_back
+        if as_linear:
+            report["as_linear"] = as_linear
         _log(ctx, report)
         return PassResult(result, bool(chosen), report)
 

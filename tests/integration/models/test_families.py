@@ -44,6 +44,8 @@ def test_int8_builds_and_verifies_at_batch_one(repo, family):
     report = built.manifest.passes[0]
     assert report.kind == "quantize" and report.stats["mode"] == mode
     assert any(row["dtype"] == "int8" for row in report.stats["layers"]), report.stats["layers"]
+    if family == "gpt2":  # its Conv1D layers (addmm over [in, out] weights) as Linears: 4 per block + the head
+        assert sum(row["dtype"] == "int8" for row in report.stats["layers"]) == 9, report.stats["layers"]
     # every layer left in float32 says why (depthwise/grouped convolutions, narrow layers, fallback)
     assert all("reason" in row for row in report.stats["layers"] if row["dtype"] == "float32")
 
