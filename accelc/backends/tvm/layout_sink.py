@@ -15,6 +15,8 @@ Rules, applied until nothing changes (each keeps the values exactly):
   g(layout(a), s), g(s, layout(a)) -> layout(g(a, s)) ... s a 0-d tensor
   permute(permute(y, p), q)      -> y, or one permute     (composed)
   mean(permute(y, p), axes, keepdims) -> permute(mean(y, p[axes], keepdims), p)
+  permute(concat(xs, axis), q)   -> concat(permute(x, q) for x in xs, axis')  when some x is a
+                                    permute that q undoes (it cancels; the concat runs in NHWC)
 """
 from __future__ import annotations
 
@@ -122,6 +124,32 @@ def _cancel_permutes(func):
     return rewrite_call(is_op("relax.mean")(inner), mean, func)
 
 
+def _hoist_into_concat(func):
+    """permute(concat(xs, axis k), q) -> concat([permute(x, q) for x in xs], axis j), q[j] = k: an
+    input that is itself a permute undone by q loses both (a U-Net's skip concatenation between a
+    transposed convolution's NHWC output and the next convolution's NHWC input)."""
+    bound, parts = relax.analysis.get_var2val(func), wildcard()
+    concat = is_op("relax.concat")(parts)
+
+    def value(expr):
+        return bound.get(expr, expr) if isinstance(expr, relax.Var) else expr
+
+    def undone(expr, axes) -> bool:
+        expr = value(expr)
+        return (isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.permute_dims"
+                and [_axes(expr)[i] for i in axes] == list(range(len(axes))))
+
+    def hoist(call, m):
+        fields, axes = value(m[parts]), _axes(call)
+        if not isinstance(fields, relax.Tuple) or m[concat].attrs.axis is None or not any(
+                undone(f, axes) for f in fields.fields):
+            return call
+        axis = axes.index(int(m[concat].attrs.axis) % len(axes))
+        return relax.op.concat([value(f).args[0] if undone(f, axes) else relax.op.permute_dims(f, axes)
+                                for f in fields.fields], axis)
+    return rewrite_call(is_op("relax.permute_dims")(concat), hoist, func)
+
+
 def _per_call(func: relax.Function) -> set:
     """The variables that depend on the function's inputs, not only on its weights (the first
     `num_input` parameters are inputs): what depends on weights alone runs once at load
@@ -156,7 +184,7 @@ def sink_layouts(func: relax.Function) -> relax.Function:
     (a transposed tensor that other ops still read keeps its transpose, and one more is added)."""
     new = func
     for _ in range(MAX_ROUNDS):
-        moved = _cancel_permutes(_sink_through_elementwise(new))
+        moved = _cancel_permutes(_hoist_into_concat(_sink_through_elementwise(new)))
         if moved.same_as(new) or tvm_ffi.structural_equal(moved, new):
             break
         new = moved

@@ -184,3 +184,27 @@ def test_int8_convolutions_keep_nhwc_through_relu_and_quantize(channels, size):
     assert len(transposes) == 2 and "uint8" in transposes[0] and "float32" in transposes[1], transposes
     epilogues = [name for name in kernels if "qgemm" in name and "relu" in name and "clip" in name]
     assert epilogues, sorted(kernels)
+
+
+def test_a_concatenation_between_inverse_transposes_runs_in_nhwc():
+    """A U-Net's skip: concat(NHWC -> NCHW of a transposed conv's output, an NCHW tensor) on
+    channels, then NCHW -> NHWC for the next convolution: the concatenation moves to NHWC, its
+    first input's pair cancels and the NCHW input gets the one transpose left."""
+    def body(bb, nhwc, nchw):
+        up = bb.emit(relax.op.permute_dims(nhwc, [0, 3, 1, 2]))
+        cat = bb.emit(relax.op.concat([up, nchw], axis=1))
+        return relax.op.permute_dims(cat, [0, 2, 3, 1])
+    func = build([("nhwc", (1, 4, 5, 3)), ("nchw", (1, 2, 4, 5))], body)
+    sunk = layout_sink.sink_layouts(func)
+    assert count(sunk, "permute_dims") == 1 and "axis=3" in sunk.script()
+    rng = np.random.default_rng(5)
+    nhwc = rng.standard_normal((1, 4, 5, 3), dtype=np.float32)
+    nchw = rng.standard_normal((1, 2, 4, 5), dtype=np.float32)
+    np.testing.assert_array_equal(run(sunk, nhwc, nchw), np.concatenate([nhwc, nchw.transpose(0, 2, 3, 1)], axis=3))
+
+
+def test_a_concatenation_without_a_cancelling_input_is_left_alone():
+    def body(bb, a, b):
+        return relax.op.permute_dims(bb.emit(relax.op.concat([a, b], axis=1)), [0, 2, 3, 1])
+    func = build([("a", (1, 2, 4, 5)), ("b", (1, 3, 4, 5))], body)
+    assert layout_sink.sink_layouts(func).same_as(func)

@@ -13,8 +13,9 @@ TARGET = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu
 N = 1 << 14
 
 
-def kernel(name: str, vectorised: bool):
-    op = {"log": T.log, "exp": T.exp, "erf": T.erf}[name]
+def kernel(name: str, vectorised: bool, exponent: float = 3.0):
+    op = {"log": T.log, "exp": T.exp, "erf": T.erf, "tanh": T.tanh,
+          "pow": lambda x: T.pow(x, T.float32(exponent))}[name]
     if vectorised:
         @T.prim_func(s_tir=True)
         def f(a: T.Buffer((N,), "float32"), b: T.Buffer((N,), "float32")):
@@ -96,10 +97,45 @@ def test_erf_is_within_4e7_of_the_exact_value_and_keeps_its_special_values():
     assert np.isnan(special[2]) and np.signbit(special[3])
 
 
-@pytest.mark.parametrize("name", ["log", "exp", "erf"])
+def test_tanh_is_within_3e7_of_the_exact_value_and_keeps_its_special_values():
+    """GPT-2's GELU (tanh form): float64 numpy as the reference; ±inf -> ±1, NaN stays NaN, -0 stays -0."""
+    rng = np.random.default_rng(4)
+    values = np.concatenate([rng.uniform(-10, 10, N - 64), np.linspace(-1e-3, 1e-3, 40),
+                             [7.9, 7.91, -7.91, 1e-30, -1e-30, 0.0004, -0.0004]]).astype(np.float32)
+    got = run(kernel("tanh", True), values)
+    assert np.abs(got.astype(np.float64) - np.tanh(values.astype(np.float64))).max() <= 3e-7
+    special = run(kernel("tanh", True), np.array([np.inf, -np.inf, np.nan, -0.0], np.float32))
+    np.testing.assert_array_equal(special[[0, 1, 3]], [1.0, -1.0, -0.0])
+    assert np.isnan(special[2]) and np.signbit(special[3])
+
+
+@pytest.mark.parametrize("name", ["log", "exp", "erf", "tanh"])
 def test_vectorised_code_calls_no_libm(name):
     """TVM's own lowering leaves `llvm.log.v8f32`, which LLVM expands into 8 calls to logf (erf: 8
     calls to erff)."""
     module = kernel(name, True).mod
     assert f"llvm.{name}." not in module.inspect_source("ll")
     assert f"{name}f" not in module.inspect_source("asm")
+
+
+@pytest.mark.parametrize("exponent", [1.0, 2.0, 3.0])
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_small_constant_powers_are_torch_pow_and_call_no_powf(exponent, vectorised):
+    """GPT-2's GELU cubes its input: multiplied out as torch's CPU pow does, so bit-equal to it
+    special values included; no powf call left."""
+    import torch
+    values = np.concatenate([np.random.default_rng(3).standard_normal(N - 64) * 8,
+                             [0.0, -0.0, np.inf, -np.inf, np.nan, 1e20, -1e-30, 3.4e38]]).astype(np.float32)
+    module = kernel("pow", vectorised, exponent)
+    got = run(module, values)
+    expected = torch.pow(torch.from_numpy(values), exponent).numpy()
+    np.testing.assert_array_equal(got, expected)
+    assert "powf" not in module.mod.inspect_source("asm")
+
+
+@pytest.mark.parametrize("exponent", [2.5, 4.0])
+def test_other_powers_keep_libm(exponent):
+    values = np.array([0.5, 2.0, 9.0, -3.0], np.float32)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(run(kernel("pow", True, exponent), values), values.astype(np.float64) ** exponent,
+                                   rtol=1e-6)

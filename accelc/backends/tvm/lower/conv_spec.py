@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from tvm import relax
 
+from accelc.backends.tvm.lower import bn_fold
 from accelc.backends.tvm.lower.patches import conv_geometry
 from accelc.backends.tvm.lower.shapes import static_shape
 
@@ -65,7 +66,8 @@ def _ints(value, default: int, one_d: bool) -> tuple[int, int]:
 
 def parse(node, importer) -> Conv | None:
     """The convolution of an aten.convolution node, or None when accelc leaves it to TVM (not float32,
-    not 1-D or 2-D, symbolic shapes, transposed with groups or dilation)."""
+    not 1-D or 2-D, symbolic shapes, transposed with groups or dilation); an eval BatchNorm after it
+    that bn_fold.annotate marked is folded into its weight and bias."""
     args = list(node.args) + [None] * (9 - len(node.args))
     x, w = importer.env[args[0]], importer.env[args[1]]
     if x.ty.shape is None or str(x.ty.dtype) != "float32" or len(x.ty.shape) not in (3, 4):
@@ -82,7 +84,7 @@ def parse(node, importer) -> Conv | None:
                 _ints(args[7], 0, one_d), int(args[8] or 1), bool(args[6]), one_d)
     if conv.transposed and (conv.groups != 1 or conv.dilation != (1, 1)):
         return None
-    return conv
+    return bn_fold.fold(node, importer, conv)  # a BatchNorm after it, into its weight and bias
 
 
 def weight_4d(bb, conv: Conv) -> relax.Expr:

@@ -78,17 +78,20 @@ def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
     (benchmarks/batch_modes.py); weight transforms are shared by all of them.
     """
     from accelc.backends.tvm.lower import conv as conv_lower
-    from accelc.backends.tvm.lower import embedding_bag, pools, repairs
+    from accelc.backends.tvm.lower import bn_fold, embedding_bag, pools, repairs
     from accelc.backends.tvm.kernels import isa
     from accelc.backends.tvm.lower.quant import converters, merge_function
     # convolutions as im2col + matmul, Linear layers over packed weights, pools in NHWC
-    cpu = {**conv_lower.converters(isa.of(target)), **pools.CONVERTERS} if target.kind.name == "llvm" else {}
+    cpu = {**conv_lower.converters(isa.of(target)), **pools.CONVERTERS,
+           **bn_fold.CONVERTERS} if target.kind.name == "llvm" else {}  # BatchNorms folded into convolutions
     custom_convert_map = {**repairs.CONVERTERS, **embedding_bag.CONVERTERS,  # ops TVM has no converter for
                           **converters(isa.of(target)), **cpu,  # int8 ops: always known
                           **(custom_convert_map or {})}
     mod, params, first, origins = tvm.IRModule(), None, None, Origins()
     for batch, program in programs.items():
         check_supported(program, custom_convert_map or {})
+        if cpu:
+            bn_fold.annotate(program)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             single = import_program(program, custom_convert_map, origins)  # bindings named after fx nodes
@@ -101,8 +104,8 @@ def to_relax(programs: dict, target, custom_convert_map=None) -> Lowered:
         mod = merge_function(mod, single, main.with_attr("global_symbol", name), name)  # + helper PrimFuncs
     with target:
         mod = tvm.transform.Sequential(prepare_passes(target))(mod)
-    return Lowered(mod, params or {}, first, repairs=repairs.import_repairs(first) if first is not None else [],
-                   origins=origins)
+    applied = repairs.import_repairs(first) + bn_fold.folded(first) if first is not None else []
+    return Lowered(mod, params or {}, first, repairs=applied, origins=origins)
 
 
 @known_warnings_hidden()

@@ -1,4 +1,4 @@
-"""Vectorisable float32 log, exp and erf for CPU (LLVM) targets.
+"""Vectorisable float32 log, exp, erf, tanh and small constant powers for CPU (LLVM) targets.
 
 TVM lowers `log`/`exp`/`erf` to LLVM intrinsics or libm calls, one call per lane: a vectorised
 loop stalls on 8 scalar calls per vector (edu_churn's log1p preprocessing; the GELU that BERT and
@@ -7,7 +7,9 @@ as in sse_mathfun / Eigen for log and exp, Eigen's rational erf) built from plai
 bit operations, which LLVM keeps in vector registers. Accuracy
 (tests/unit/backends/test_vector_math.py, against numpy/math in float64): log within 1 ulp over
 all positive floats, denormals included; exp within 2 ulp over its whole range, denormal results
-included; erf within 4e-7 absolute; zero, negatives, infinities and NaN give what libm gives.
+included; erf and tanh (Eigen's rational forms) within 4e-7 and 3e-7 absolute; zero, negatives,
+infinities and NaN give what libm gives. `pow(x, c)` with c one of POWERS (GPT-2's tanh GELU cubes
+its input) is multiplied out as torch does on CPU (x * x * x), instead of one powf call per lane.
 """
 from __future__ import annotations
 
@@ -29,6 +31,14 @@ _ERF_ALPHA = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06
 _ERF_BETA = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
              -1.42647390514189e-02)
 _ERF_EDGE = 4.0  # erf(4) rounds to 1 in float32: the rational form is fitted on [-4, 4]
+_TANH_ALPHA = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
+               1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03)
+_TANH_BETA = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03)
+_TANH_EDGE, _TANH_TINY = 7.90531110763549805, 0.0004  # the rational form's range; tanh(x) rounds to x below
+_TANH_ONE = 9.1  # float32 tanh rounds to ±1 beyond
+
+# constant exponents multiplied out as torch's CPU pow does (it calls std::pow for the others)
+POWERS = {1.0: lambda x: x, 2.0: lambda x: x * x, 3.0: lambda x: x * x * x}
 
 _installed = False
 
@@ -126,13 +136,45 @@ def fast_erf(op, fallback):
     return _let(op.args[0], f, on)
 
 
+def fast_tanh(op, fallback):
+    """Eigen's rational tanh: one division where TVM's lowering computes exp(2x) and exp(-2x)."""
+    types = _types(op)
+    if types is None:
+        return fallback(op)
+    f, _, c, _ = types
+
+    def on(x0):
+        x = tirx.max(tirx.min(x0, c(_TANH_EDGE)), c(-_TANH_EDGE))
+        return _let(x, f, lambda x: _let(x * x, f, lambda x2: tirx.Select(
+            tirx.isnan(x0) | (tirx.abs(x0) < c(_TANH_TINY)), x0, tirx.Select(
+                tirx.abs(x0) > c(_TANH_ONE), tirx.Select(x0 > c(0.0), c(1.0), c(-1.0)),
+                x * _horner(x2, _TANH_ALPHA, c) / _horner(x2, _TANH_BETA, c)))))
+
+    return _let(op.args[0], f, on)
+
+
+def _constant(expr) -> float | None:
+    """The value of a float immediate, or of a broadcast one in vectorised code."""
+    if isinstance(expr, tirx.Broadcast):
+        expr = expr.value
+    return float(expr.value) if isinstance(expr, tirx.FloatImm) else None
+
+
+def fast_pow(op, fallback):
+    power = POWERS.get(_constant(op.args[1]))
+    if _types(op) is None or power is None:
+        return fallback(op)
+    return _let(op.args[0], str(op.ty.dtype), power)
+
+
 def install() -> None:
     """Register the rules for LLVM targets (x86 and ARM); other dtypes keep TVM's lowering.
     Idempotent; process-wide, like every TVM intrinsic rule."""
     global _installed
     if _installed:
         return
-    for name, rule in (("tirx.log", fast_log), ("tirx.exp", fast_exp), ("tirx.erf", fast_erf)):
+    for name, rule in (("tirx.log", fast_log), ("tirx.exp", fast_exp), ("tirx.erf", fast_erf),
+                       ("tirx.tanh", fast_tanh), ("tirx.pow", fast_pow)):
         fallback = tvm.ir.Op.get(name).get_attr("llvm.FLowerIntrinsic") or (lambda op: op)  # erf: a libm call
         tirx.register_intrin_lowering(name, target="llvm", f=lambda op, r=rule, fb=fallback: r(op, fb), level=99)
     _installed = True
