@@ -5,7 +5,9 @@ Lowered the way the int8 path lowers its convolutions (patches.im2col: NHWC patc
 contiguous run of channels per tap), a convolution is a matmul that schedules/matmul.py tiles.
 Patches and matmul are one kernel: the schedule computes each row tile's patches just before the
 tile, in L1, instead of writing all of them to memory first (9x the input for a 3x3 kernel). The
-weight reshapes depend on parameters only and run once at load (LiftTransformParams). Measured
+weight reshapes depend on parameters only and run once at load (LiftTransformParams). A stem of
+a few channels (RGB) pads its input first and takes its patches a kernel row at a time
+(patches.im2col_runs): one vector copy per row of 7 taps instead of 7 copies of 3 floats. Measured
 effects: benchmarks/RESULTS.md.
 """
 from __future__ import annotations
@@ -16,9 +18,7 @@ from tvm import relax, te
 
 from accelc.backends.tvm.kernels import tags
 from accelc.backends.tvm.kernels.isa import Isa
-from accelc.backends.tvm.lower import gemm
-from accelc.backends.tvm.lower import conv_kinds, conv_spec
-from accelc.backends.tvm.lower.patches import conv_weight, im2col
+from accelc.backends.tvm.lower import conv_kinds, conv_spec, gemm, patches
 
 
 def convert_conv2d(node, importer, isa: Isa):
@@ -35,13 +35,25 @@ def convert_conv2d(node, importer, isa: Isa):
 
 
 def dense(bb, conv: conv_spec.Conv, nhwc, isa: Isa):
-    """Rows [N*OH*OW, O] of a dense convolution: patches and matmul in one kernel."""
-    w2d = conv_weight(bb, conv_spec.weight_4d(bb, conv))
-    weight = bb.emit(relax.op.permute_dims(w2d))
+    """Rows [N*OH*OW, O] of a dense convolution: patches and matmul in one kernel (a stem of few
+    channels: patches by kernel rows from an input padded first, patches.im2col_runs)."""
+    runs = patches.takes_runs(conv.shape[1], conv.dilation)
+    w4d = conv_spec.weight_4d(bb, conv)
+    weight = bb.emit(relax.op.permute_dims(patches.run_weight(bb, w4d) if runs else patches.conv_weight(bb, w4d)))
     if gemm.packs(conv.out_channels, isa):
         weight = gemm.pack_columns(bb, weight, gemm.panel_columns(isa))
+    if runs:
+        pads = patches.run_padding(conv.shape[3], conv.kernel, conv.stride, conv.padding, conv.shape[1])
+        padded = bb.emit(relax.op.nn.pad(nhwc, pads)) if any(pads) else nhwc
+        return bb.emit_te(runs_matmul, padded, weight, conv.out_size(), conv.kernel, conv.stride, conv.out_channels,
+                          primfunc_name_hint="im2col_matmul")
     return bb.emit_te(patches_matmul, nhwc, weight, conv.kernel, conv.stride, conv.padding, conv.dilation,
                       conv.out_channels, primfunc_name_hint="im2col_matmul")
+
+
+def runs_matmul(padded: te.Tensor, weight: te.Tensor, out_hw, kernel, stride, out_channels: int) -> te.Tensor:
+    """`patches_matmul` over patches by kernel rows (patches.im2col_runs) of a padded input."""
+    return _matmul(patches.im2col_runs(padded, out_hw, kernel, stride), weight, out_channels)
 
 
 def patches_matmul(x: te.Tensor, weight: te.Tensor, kernel, stride, padding, dilation,
@@ -49,7 +61,10 @@ def patches_matmul(x: te.Tensor, weight: te.Tensor, kernel, stride, padding, dil
     """im2col and the matmul in one kernel: schedules/matmul.py computes each row tile's patches
     just before the tile, in L1, instead of all patches to memory first (9x the input for 3x3).
     `weight` is [K, N], or panels [N / nr, K, nr] (gemm.pack_columns)."""
-    cols = im2col(x, 0.0, kernel, stride, padding, dilation)
+    return _matmul(patches.im2col(x, 0.0, kernel, stride, padding, dilation), weight, out_channels)
+
+
+def _matmul(cols: te.Tensor, weight: te.Tensor, out_channels: int | None) -> te.Tensor:
     if len(weight.shape) == 3:
         return gemm.panel_matmul(cols, weight, out_channels)
     k = te.reduce_axis((0, int(cols.shape[1])), name="k")

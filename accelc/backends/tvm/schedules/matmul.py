@@ -3,11 +3,13 @@ activation), a convolution's patches (tags.IM2COL) before it when the lowering f
 
 TVM 0.27's CPU DLight rules cover GEMV and reductions but not matrix multiply, and the naive loop
 nest runs ~20x slower than PyTorch on an MLP. This rule gives every dense matmul a register-tiled,
-vectorised, multi-threaded schedule: the classic CPU GEMM blocking, with no search.
+vectorised, multi-threaded schedule: the classic CPU GEMM blocking, with no search. Convolutions
+a few panels wide are blocked further (`_blocked`): rows and k in blocks, C accumulated per block.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import tvm
 from tvm import tirx
@@ -26,6 +28,13 @@ MATVEC_ROWS = 8  # rows of a one-column matmul computed together (4 and 8 alike,
 K_STEPS = 8  # k steps per iteration of the reduction loop (the largest divisor of k up to this): one
 # step is 8 FMAs and 6 loads, so a loop counter and branch per step cost a share of instructions that
 # a core shared with a busy SMT sibling cannot hide
+K_BLOCK = 256  # k per block of a blocked GEMM (MLAS steps k by 128-256): a block's panel of B (kc x nr)
+# stays in L1 while every row tile of the row block reads it
+BLOCK_ROWS = 128  # rows per row block: their patches (rows x kc) stay in L2 and B is read once per block
+C_BLOCK_BYTES = 1 << 18  # at most this much of C per row block (rows x N floats), accumulated in L2
+BLOCKED_PANELS = 4  # GEMMs this few panels wide are blocked: a row tile's patches serve only this many
+# panels, so the per-tile copy of the plain schedule is not hidden behind enough FMAs (ResNet's conv1
+# and 64- and 128-channel layers); wider ones keep the plain schedule, whose tile stores C once
 
 
 class Matmul(CPUScheduleRule):
@@ -52,6 +61,8 @@ class Matmul(CPUScheduleRule):
         isa = isa_info.of(target)
         if extents[-2] == 1 and (vector := vector_width(extents[-1], isa.lanes())):
             return _matvec(sch, blocks, extents, vector)
+        if (plan := blocking(sch, blocks[0], patches, extents, isa)) is not None:
+            return _blocked(sch, blocks, patches, plan)
         return _tiled(sch, blocks, patches, extents, isa)
 
 
@@ -93,6 +104,70 @@ def _tiled(sch, blocks, patches, extents: list[int], isa: isa_info.Isa):
     tile_loops = sch.get_loops(tile)[-2:]
     sch.vectorize(tile_loops[-1])
     sch.decompose_reduction(matmul, ko)
+    return sch
+
+
+class Blocking(NamedTuple):
+    """How a GEMM over packed panels is blocked (`_blocked`): the register tile, the row tiles
+    per row block and the k per block."""
+    rows: int
+    cols: int
+    lanes: int
+    tiles_per_block: int
+    k_block: int
+
+
+def blocking(sch, matmul, patches, extents: list[int], isa: isa_info.Isa) -> Blocking | None:
+    """The blocking of a convolution's GEMM over packed panels (lower/gemm.py), at most
+    BLOCKED_PANELS wide and more than one row tile; None where the plain row-tile schedule runs."""
+    panel = sch.get(matmul).annotations.get(tags.PANEL_COLUMNS)
+    if patches is None or panel is None or len(extents) != 3:
+        return None
+    m, n, depth = extents
+    rows = tile_rows(m, isa)
+    tiles = -(-m // rows)
+    if tiles < 2 or n > BLOCKED_PANELS * int(panel):
+        return None
+    group = int(sch.get(patches).annotations[tags.PATCH_GROUP])
+    k_block = next(d for d in range(min(K_BLOCK, depth), 0, -1)
+                   if depth % d == 0 and (d % group == 0 or group % d == 0))
+    per = max(1, min(BLOCK_ROWS, C_BLOCK_BYTES // (4 * n)) // rows)
+    per = min(per, -(-tiles // 2))  # at least two row blocks: one per thread on two cores
+    return Blocking(rows, int(panel), isa.lanes(), per, k_block)
+
+
+def _blocked(sch, blocks, patches, plan: Blocking):
+    """A row block's C accumulated over k blocks (as MLAS blocks its SGEMM): for each k block the
+    block's patches (rows x kc, in L2), then for each panel of B (kc x nr, in L1) every row tile of
+    the block, its register tile loaded from C, kc steps of FMAs and stored back (LLVM keeps the
+    tile in registers across the k loop); the epilogue runs once per row block. B is read once per
+    row block instead of once per row tile, and the patches are copied in long runs."""
+    matmul = blocks[0]
+    i, j, k = sch.get_loops(matmul)
+    row_blocks = -(-static_extent(sch, i) // (plan.rows * plan.tiles_per_block))
+    io, ii = sch.split(i, [None, plan.rows])
+    io, it = sch.split(io, [None, plan.tiles_per_block])
+    jo, ji = sch.split(j, [None, plan.cols])
+    kb, k = sch.split(k, [None, plan.k_block])
+    ko, ki = sch.split(k, [None, largest_divisor(plan.k_block, K_STEPS)])
+    sch.reorder(io, kb, jo, it, ko, ki, ii, ji)
+    for block in blocks[1:-1]:
+        sch.compute_inline(block)  # the epilogue becomes one elementwise pass
+    if len(blocks) > 1:
+        sch.reverse_compute_at(blocks[-1], io)
+        columns = sch.get_loops(blocks[-1])[-1]  # N, or the real columns of panels padded past N
+        if vector := vector_width(static_extent(sch, columns), plan.lanes):
+            sch.vectorize(sch.split(columns, [None, vector])[1])
+    sch.compute_at(patches, kb)
+    group = int(sch.get(patches).annotations[tags.PATCH_GROUP])
+    sch.vectorize(sch.split(sch.get_loops(patches)[-1], [None, min(group, plan.k_block)])[1])
+    sch.vectorize(ji)
+    sch.unroll(ii)
+    sch.unroll(ki)
+    if row_blocks >= 2:
+        sch.parallel(io)
+    init = sch.decompose_reduction(matmul, kb)  # after parallel: TVM refuses a loop over an init block
+    sch.vectorize(sch.get_loops(init)[-1])
     return sch
 
 
