@@ -1,7 +1,13 @@
-"""Matrix products with a constant weight, written as aten.linear: the form the quantize pass
-knows. GPT-2's Conv1D layers (and any `x @ W + b` over a parameter) export as
-addmm(bias, x, W) / mm(x, W) / matmul(x, W) with W stored [in, out]; as linear(x, W^T, bias) they are the same
-arithmetic and get an int8 path (and a report row) like every nn.Linear."""
+"""The layer forms the quantize pass knows, made before it looks for layers (on a copy: the
+captured graph stays the reference).
+
+Matrix products with a constant weight as aten.linear: GPT-2's Conv1D layers (and any `x @ W + b`
+over a parameter) export as addmm(bias, x, W) / mm(x, W) / matmul(x, W) with W stored [in, out];
+as linear(x, W^T, bias) they are the same arithmetic and get an int8 path (and a report row) like
+every nn.Linear. Eval BatchNorms folded into the convolution before them: the int8 layer then
+carries the BatchNorm in its per-channel weight scales instead of a float32 BatchNorm after an
+int8 convolution, which would break the int8 epilogue chain (the fold_batchnorm pass, applied
+whether or not the recipe lists it)."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +16,9 @@ import warnings
 import torch
 from torch import fx
 
-from accelc.passes.fold import attach, drop_unused, fetch, is_attr
+from accelc.passes.base import PassContext
+from accelc.passes.configs.fold import FoldBatchNormConfig
+from accelc.passes.fold import FoldBatchNorm, attach, drop_unused, fetch, foldable, is_attr
 
 aten = torch.ops.aten
 PRODUCTS = (aten.addmm.default, aten.mm.default, aten.matmul.default)  # matmul: x[..., k] @ W[k, n]
@@ -64,3 +72,16 @@ def as_linear(gm: fx.GraphModule) -> tuple[fx.GraphModule, int]:
     gm.graph.lint()
     gm.recompile()
     return gm, rewritten
+
+
+def batchnorms_folded(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[str]]:
+    """A copy of `gm` with every foldable eval BatchNorm folded into its Conv/Linear (`gm` itself
+    when there is none), and the layers that took one."""
+    if not any(n.op == "call_function" and n.target == aten.batch_norm.default and foldable(n.args[0], n)
+               for n in gm.graph.nodes):
+        return gm, []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        gm = copy.deepcopy(gm)
+    result = FoldBatchNorm(FoldBatchNormConfig(kind="fold_batchnorm")).run(gm, PassContext())
+    return result.graph, result.stats["folded"]

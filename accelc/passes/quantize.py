@@ -37,10 +37,14 @@ class Quantize(Pass):
         index = _index(cfg, ctx.loaded)
         where = ctx.loaded.where("passes", index) if ctx.loaded is not None and index is not None else None
         choice = _int8(cfg, ctx, index)
+        original = gm
         gm, as_linear = linear_form.as_linear(gm)  # GPT-2's Conv1D: addmm over [in, out] weights
+        gm, folded = linear_form.batchnorms_folded(gm) if cfg.dtype == "int8" else (gm, [])
         found = rewrite.layers(gm, cfg.dtype)
         notes = glob_warnings({"skip": cfg.skip}, [layer.name for layer in found])
         chosen = _select(found, cfg, mode, choice)
+        if not chosen:  # nothing to quantize: the graph stays exactly as it came
+            gm, as_linear, folded = original, 0, []
         tensors, source = _samples(cfg, ctx, index, where, required=mode == "static" and bool(chosen))
         ranges = self._calibrate(gm, chosen, tensors, ctx, choice) if mode == "static" and chosen else {}
 
@@ -68,6 +72,8 @@ class Quantize(Pass):
             report["fallback"] = fell_back
         if as_linear:
             report["as_linear"] = as_linear
+        if folded:
+            report["batchnorm_folded"] = folded
         _log(ctx, report)
         return PassResult(result, bool(chosen), report)
 

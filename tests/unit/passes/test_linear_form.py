@@ -73,3 +73,28 @@ def test_dynamic_int8_quantizes_gpt2_style_layers():
     # int8 per-row activations x per-channel weights: close to float, not equal
     want, got = model(x).detach().numpy(), result.graph(x).detach().numpy()
     assert 0 < np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+class ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.head = nn.Conv2d(16, 8, 1)
+        with torch.no_grad():  # statistics a trained model would have, not the identity defaults
+            self.bn.running_mean.uniform_(-1, 1), self.bn.running_var.uniform_(0.5, 2)
+            self.bn.weight.uniform_(0.5, 1.5), self.bn.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))))
+
+
+def test_int8_folds_batchnorm_into_the_convolution_before_quantizing_it():
+    torch.manual_seed(0)
+    model, x = ConvBN().eval(), torch.randn(2, 3, 8, 8)
+    gm = export_graph(model, x)
+    result = Quantize(QuantizeConfig(kind="quantize", mode="dynamic", min_outputs=1)).run(gm, PassContext((x,)))
+    assert result.stats["batchnorm_folded"] and "batch_norm" not in ops(result.graph)
+    assert "batch_norm" in ops(gm)  # the captured graph is left as it was
+    assert Counter(r["dtype"] for r in result.stats["layers"]) == Counter({"int8": 2})
+    want, got = model(x).detach().numpy(), result.graph(x).detach().numpy()
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
