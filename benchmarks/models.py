@@ -106,7 +106,9 @@ def ratios(rows: list[dict]) -> dict:
 def build(name: str, source, inputs: list[dict], args, target: str, tuned: bool = False, int8: bool = False):
     """(BuildResult, seconds, the Recipe) of one model for `target` at all of `args.batch`."""
     import accelc
-    tuning = {"trials": args.trials, "time_budget": args.time_budget, "database": args.database} if tuned else None
+    # scheduled and measured for the most threads timed (the recipe's default is every core)
+    tuning = {"trials": args.trials, "time_budget": args.time_budget, "database": args.database,
+              "threads": max(args.threads)} if tuned else None
     made = recipe(name, source, inputs, args.batch, tuning, INT8.get(name) if int8 else FLOAT.get(name))
     start = time.perf_counter()
     built = accelc.build(made, target=target, output=Path(args.out) / f"{name}-{target}{'-tuned' * tuned}"
@@ -132,6 +134,10 @@ def measure(name: str, source, inputs: list[dict], args) -> dict:
             system = label(target, args.targets[0], tuned, int8)  # each kernel's rule as the build recorded it
             systems[system], result["build_s"][system] = (built.output, per_kernel.origins(built.manifest)), \
                 round(seconds, 1)
+            if tuned:  # what tuning did per kernel: shares, default and best times, which schedule won
+                from accelc.backends.tvm.tune.driver import format_summary
+                result.setdefault("tuning", {})[system] = built.manifest.tuning.to_json()
+                print(f"\n{name}: {system} built in {seconds:.0f} s\n{format_summary(result['tuning'][system])}")
     made = recipe(name, source, inputs, args.batch)
     model = capture.build_model(resolve.load(made))
     for batch in args.batch:

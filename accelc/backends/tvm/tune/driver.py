@@ -20,8 +20,9 @@ from accelc.errors import TuningError
 from accelc.backends.tvm.tune import database as tune_db
 from accelc.backends.tvm.tune import metaschedule as tune_ms
 from accelc.backends.tvm.tune import rpc as tune_rpc
+from accelc.backends.tvm.tune import shares as tune_shares
 
-UNBOUNDED = 1_000_000  # MetaSchedule needs a number; a time budget stops it long before
+UNBOUNDED = tune_ms.UNBOUNDED
 _LOG = logging.getLogger(__name__)
 
 
@@ -99,7 +100,7 @@ def tune(mod: tvm.IRModule, target, root: Path, section, *, mode: str = "missing
     # their parallel/vectorize/unroll annotations, at a high price per batch of candidates.
     reduces = [find_anchor_sblock(t.dispatched[0]) is not None for t in found]
     tasks = [t for t, r in zip(found, reduces) if r] + [t for t, r in zip(found, reduces) if not r]
-    names, tunable = [t.task_name for t in tasks], sum(reduces)
+    tunable = sum(reduces)
     prior = [tune_db.schedules(tune_db.task_records(database, t.dispatched[0])) for t in tasks[:tunable]]
     caps, total = plan(prior, section.trials, section.per_task, mode) if prior else ([], 0)
     chosen = [i for i, cap in enumerate(caps) if cap != 0]
@@ -107,37 +108,64 @@ def tune(mod: tvm.IRModule, target, root: Path, section, *, mode: str = "missing
              f"{len(tasks) - tunable} elementwise keep the default schedule), "
              f"{'no trial cap' if total >= UNBOUNDED else f'{total} trials'}"
              f"{f', {section.time_budget:g} s' if section.time_budget else ''}; measuring on {runner_text}")
-    progress = tune_ms.Progress([names[i] for i in chosen], section.time_budget, log)
+    progress, shares, order = tune_ms.Progress([], section.time_budget, log), {}, []
     if chosen and total > 0:
         runner = _runner(section)
-        tune_ms.run([tasks[i] for i in chosen], [caps[i] for i in chosen], total, runner, database,
-                    progress, tune_db.folder_for(root, target) / "logs", workers)
-        tune_ms.confirm([tasks[i] for i in chosen], runner, database, log)
-    return _summary(tasks, tunable, chosen, progress, database, root, target, runner_text), database
+        weighted = bool(section.trials) and mode != "resume"  # the trial budget follows the shares too
+        own = [section.per_task if weighted else caps[i] for i in chosen]
+        shares, order, kept_caps, defaults = _by_share([tasks[i] for i in chosen], chosen, own,
+                                                       total if weighted else None, runner, progress, log)
+        tune_ms.run([tasks[i] for i in order], kept_caps, [shares[i][0] for i in order], defaults, runner,
+                    database, progress, tune_db.folder_for(root, target) / "logs", workers)
+        tune_ms.confirm([tasks[i] for i in order], runner, database, log)
+    return _summary(tasks, tunable, order, shares, progress, database, root, target, runner_text), database
 
 
-def _summary(tasks, tunable: int, chosen, progress: tune_ms.Progress, database, root, target, runner_text) -> dict:
-    from tvm.s_tir.analysis import estimate_tir_flops
-    rows, new, ok = [], dict(zip(chosen, progress.trials)), ("tuned", "reused")
+def _by_share(picked: list, chosen: list[int], caps: list, total: int | None, runner,
+              progress: tune_ms.Progress, log) -> tuple[dict, list[int], list, list]:
+    """Measure each kernel's default schedule, then pick the kernels worth a search by their share of
+    the model's time (tune/shares.py). Returns ({task index: (share, default seconds)}, the searched
+    task indices, largest share first, their trial caps and measured defaults)."""
+    measured = tune_ms.survey(picked, runner)
+    # a first estimate of what a candidate costs on this machine now (the search's own replaces it)
+    progress.searched_seconds, progress.searched = time.monotonic() - progress.start, len(picked)
+    share = tune_shares.shares([float(t.weight) for t in picked], [m and m[1] for m in measured])
+    keep = tune_shares.searched(share, total, progress.left())
+    capped = tune_shares.trial_caps(share, keep, caps, total)
+    ranked = sorted((i for i in range(len(picked)) if keep[i]), key=lambda i: -share[i])
+    progress.names = [picked[i].task_name for i in ranked]
+    progress.trials, progress.best = [0] * len(ranked), [None] * len(ranked)
+    held = sum(share[i] for i in ranked)
+    log.info(f"  tuning: measured {len(picked)} default schedule(s) in {time.monotonic() - progress.start:.0f} s; "
+             f"searching {len(ranked)} kernel(s) that hold {held:.0%} of their time, largest first; "
+             f"{len(picked) - len(ranked)} too small for the budget keep the default")
+    surveyed = {chosen[i]: (s, m and m[1]) for i, (s, m) in enumerate(zip(share, measured))}
+    return surveyed, [chosen[i] for i in ranked], [capped[i] for i in ranked], [measured[i] for i in ranked]
+
+
+def _summary(tasks, tunable: int, order, shares: dict, progress: tune_ms.Progress, database, root, target,
+             runner_text) -> dict:
+    rows, new, ok = [], dict(zip(order, progress.trials)), ("tuned", "reused")
     for i, task in enumerate(tasks):
         records = tune_db.task_records(database, task.dispatched[0])
         best = tune_db.best_seconds(records[0]) if records else None
-        try:
-            flops = float(estimate_tir_flops(task.dispatched[0]))
-        except Exception:  # an op the estimator does not know: no GFLOP/s column for it
-            flops = None
         status = "default" if best is None or best >= 1e9 else ("tuned" if new.get(i) else "reused")
         default = tune_ms.default_candidate(task.dispatched[0], task.target) if status in ok else None
         winner = None if default is None else (
             "default" if tune_ms.same_trace(records[0].trace, default.sch.trace) else "searched")
+        default_us = min((tune_db.best_seconds(r) for r in records if default is not None and
+                          tune_ms.same_trace(r.trace, default.sch.trace)), default=shares.get(i, (0, None))[1])
         if i >= tunable and status == "default":
             status = "elementwise"  # the default schedule by design (records from elsewhere would still apply)
+        flops = _flops(task) if status in ok else None
         rows.append({"kernel": task.task_name, "weight": int(task.weight), "trials": tune_db.schedules(records),
                      "new_trials": new.get(i, 0), "best_us": round(best * 1e6, 3) if status in ok else None,
                      "gflops": round(flops / best / 1e9, 2) if flops and status in ok else None,
-                     "status": status, "schedule": winner})
+                     "status": status, "schedule": winner,
+                     "default_us": round(default_us * 1e6, 3) if default_us else None,
+                     "share": round(shares[i][0], 4) if i in shares else None})
     tuned = sum(r["status"] in ok for r in rows)
-    stopped = progress.stopped or ("budget" if chosen else "nothing to tune")
+    stopped = progress.stopped or ("budget" if shares else "nothing to tune")
     return {"tasks": len(tasks), "tuned_tasks": tuned, "defaulted_tasks": len(tasks) - tuned,
             "trials": sum(progress.trials), "failed_trials": progress.failed,
             "seconds": round(time.monotonic() - progress.start, 1), "stopped_by": stopped,
@@ -145,18 +173,29 @@ def _summary(tasks, tunable: int, chosen, progress: tune_ms.Progress, database, 
             **({"first_error": progress.first_error} if progress.first_error else {}), "kernels": rows}
 
 
+def _flops(task) -> float | None:
+    from tvm.s_tir.analysis import estimate_tir_flops
+    try:
+        return float(estimate_tir_flops(task.dispatched[0]))
+    except Exception:  # an op the estimator does not know: no GFLOP/s column for it
+        return None
+
+
 def format_summary(summary: dict) -> str:
     """The per-kernel table for the build report."""
     lines = [f"  tuning: {summary['tuned_tasks']}/{summary['tasks']} kernels tuned, {summary['defaulted_tasks']} "
              f"on default schedules; {summary['trials']} trials in {summary['seconds']:g} s "
              f"(stopped by {summary['stopped_by']}) on {summary['runner']}",
-             f"    {'kernel':<36} {'weight':>6} {'trials':>7} {'new':>5} {'best us':>10} {'GFLOP/s':>8}  status  "
-             "best schedule"]
-    for row in summary["kernels"]:
-        best = f"{row['best_us']:.2f}" if row["best_us"] is not None else "-"
+             f"    {'kernel':<36} {'weight':>6} {'share':>6} {'trials':>7} {'new':>5} {'default us':>10} "
+             f"{'best us':>10} {'speedup':>7} {'GFLOP/s':>8}  status  best schedule"]
+    for row in sorted(summary["kernels"], key=lambda row: -(row.get("share") or 0)):  # largest share first
+        best, default = (f"{row[k]:.2f}" if row.get(k) is not None else "-" for k in ("best_us", "default_us"))
+        speedup = f"{row['default_us'] / row['best_us']:.2f}x" if row.get("default_us") and row["best_us"] else "-"
+        share = f"{row['share']:.1%}" if row.get("share") is not None else "-"
         gflops = f"{row['gflops']:.1f}" if row["gflops"] is not None else "-"
-        lines.append(f"    {row['kernel'][:36]:<36} {row['weight']:>6} {row['trials']:>7} {row['new_trials']:>5} "
-                     f"{best:>10} {gflops:>8}  {row['status']:<6}  {row.get('schedule') or '-'}")
+        lines.append(f"    {row['kernel'][:36]:<36} {row['weight']:>6} {share:>6} {row['trials']:>7} "
+                     f"{row['new_trials']:>5} {default:>10} {best:>10} {speedup:>7} {gflops:>8}  "
+                     f"{row['status']:<6}  {row.get('schedule') or '-'}")
     if summary.get("first_error"):
         lines.append(f"    first failed measurement: {summary['first_error']}")
     return "\n".join(lines)

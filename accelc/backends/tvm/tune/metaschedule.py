@@ -14,6 +14,8 @@ from tvm.s_tir import meta_schedule as ms
 
 from accelc import logs
 
+UNBOUNDED = 1_000_000  # MetaSchedule needs a number; a time budget stops it long before
+
 
 def build_without_intrinsics(mod, target, _params):
     """MetaSchedule's default f_build imports tvm.s_tir.tensor_intrin (~30 s per fresh worker here)
@@ -56,23 +58,52 @@ def _importable_in_workers():
 
 
 class Progress:
-    """What the search measured so far, and the time budget; one log line per measured batch."""
+    """What the search measured so far, the time budget and the slice of it of the kernel being
+    searched; one log line per measured batch."""
 
     def __init__(self, names: list[str], seconds: float | None, log: logs.Logger):
         self.names, self.log, self.start = names, log, time.monotonic()
         self.deadline = self.start + seconds if seconds else None
         self.trials, self.best = [0] * len(names), [None] * len(names)
         self.failed, self.first_error, self.stopped, self.batches = 0, None, None, 0
+        self.until, self.task_batches, self.done = None, 0, 0
+        self.batch_start, self.searched_seconds, self.searched = None, 0.0, 0  # what a candidate costs here
 
-    def may_start_batch(self) -> bool:
-        """No batch starts after the deadline, except the first: a budget always measures something."""
+    def left(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def begin_task(self, fraction: float) -> float | None:
+        """The next kernel's search gets `fraction` of the time left (None: no time budget)."""
+        left = self.left()
+        self.until = None if left is None else time.monotonic() + left * fraction
+        self.task_batches = 0
+        return None if left is None else left * fraction
+
+    def out_of_time(self) -> bool:
         if self.deadline is not None and time.monotonic() >= self.deadline and self.batches:
             self.stopped = "time_budget"
-        self.batches += self.stopped is None
-        return self.stopped is None
+        return self.stopped is not None
+
+    def may_start_batch(self) -> bool:
+        """No batch starts after the deadline, except the first: a budget always measures something;
+        a kernel's search ends at the end of its slice, after its first batch."""
+        if self.out_of_time():
+            return False
+        if self.until is not None and time.monotonic() >= self.until and self.task_batches:
+            return False
+        self.batches, self.task_batches = self.batches + 1, self.task_batches + 1
+        self.batch_start = time.monotonic()
+        return True
+
+    def seconds_per_candidate(self) -> float:
+        """Searching, building and measuring one candidate, as seen so far (a second before any)."""
+        return self.searched_seconds / self.searched if self.searched else 1.0
 
     def record(self, task_id: int, runs, done: int) -> None:
         self.trials[task_id] += len(runs)
+        if self.batch_start is not None:
+            self.searched_seconds += time.monotonic() - self.batch_start
+            self.searched, self.batch_start = self.searched + len(runs), None
         for run in runs:
             if run.error_msg is not None or not run.run_secs:
                 self.failed += 1
@@ -92,38 +123,36 @@ class Progress:
 class _Monitor(ms.measure_callback.PyMeasureCallback):
     """Feeds Progress after every measured batch (it only reads: see _Budgeted)."""
 
-    def __init__(self, progress: Progress):
+    def __init__(self, progress: Progress, slot: int):
         super().__init__()
-        self.progress = progress
+        self.progress, self.slot = progress, slot  # one kernel per search: its place in Progress
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
-        done = sum(bool(task.is_terminated) for task in task_scheduler.tasks_)
-        self.progress.record(task_id, runner_results, done)
+        self.progress.record(self.slot, runner_results, self.progress.done)
 
 
 def default_candidate(mod, target):
-    """The schedule the build gives this kernel without records (the pipeline's default rules), as
-    a measure candidate. Measured with the first batch it lands in the database like any candidate:
-    the build then never applies a tuned schedule slower than the default, and the search can start
-    from it."""
+    """The schedule the build gives this kernel without records (the pipeline's default rules, or
+    none where no rule applies), as a measure candidate. Measured before a kernel's search (survey)
+    it lands in the database like any candidate: the build then never applies a tuned schedule
+    slower than the default."""
+    from tvm.s_tir import Schedule
+
     from accelc.backends.tvm.schedules import choose
     chosen = choose(mod["main"], target)
-    if chosen is None:
-        return None
-    return ms.search_strategy.MeasureCandidate(chosen[1], ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+    schedule = chosen[1] if chosen is not None else Schedule(mod)  # no rule: the build runs the plain loop nest
+    return ms.search_strategy.MeasureCandidate(schedule, ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
 
 
 @derived_object
 class _Budgeted(ms.search_strategy.PySearchStrategy):
-    """A search strategy that measures the default schedule first, then ends a kernel's search at its
-    own trial cap or when the time runs out, the way an exhausted search ends (no more candidates).
-    Terminating tasks from a measure callback instead trips the scheduler's own termination (a fatal
-    check in TVM 0.27)."""
+    """A search strategy that ends a kernel's search at its own trial cap or when its time runs out,
+    the way an exhausted search ends (no more candidates). Terminating tasks from a measure callback
+    instead trips the scheduler's own termination (a fatal check in TVM 0.27)."""
 
-    def __init__(self, inner, cap: int | None, progress: Progress, default=None):
+    def __init__(self, inner, cap: int | None, progress: Progress):
         super().__init__()
-        self.inner, self.cap, self.progress, self.default = inner, cap, progress, default
-        self.extra = 0  # leading candidates of the batch in flight that the inner strategy did not make
+        self.inner, self.cap, self.progress = inner, cap, progress
 
     def _initialize_with_tune_context(self, context) -> None:
         self.inner._initialize_with_tune_context(context)
@@ -138,18 +167,13 @@ class _Budgeted(ms.search_strategy.PySearchStrategy):
     def generate_measure_candidates(self):
         if not self.progress.may_start_batch():
             return None
-        candidates = self.inner.generate_measure_candidates()
-        extra, self.default = ([self.default] if self.default is not None else []), None
-        self.extra = len(extra)
-        return extra + list(candidates) if candidates is not None or extra else None
+        return self.inner.generate_measure_candidates()
 
     def notify_runner_results(self, measure_candidates, results) -> None:
-        if len(results) > self.extra:
-            self.inner.notify_runner_results(measure_candidates[self.extra:], results[self.extra:])
-        self.extra = 0
+        self.inner.notify_runner_results(measure_candidates, results)
 
     def clone(self):
-        return _Budgeted(self.inner.clone(), self.cap, self.progress, self.default)
+        return _Budgeted(self.inner.clone(), self.cap, self.progress)
 
 
 @derived_object
@@ -176,36 +200,72 @@ def _builder(batch: int, workers: int):
     return ms.builder.LocalBuilder(f_build=build_without_intrinsics, max_workers=workers, timeout_sec=60)
 
 
-def _search(total: int):
+def _search(trials: int):
     """(cost model, search strategy). MetaSchedule's XGBoost model predicts at random until it has
     100 measurements, yet retrains after every batch (~7 s each here): below 100 trials use the
     random model outright, with a population that random scores can make use of."""
-    if total < 100:
+    if trials < 100:
         return "random", ms.search_strategy.EvolutionarySearch(population_size=64)
     return "xgb", ms.search_strategy.EvolutionarySearch()
 
 
-def run(tasks: list, caps: list, total: int, runner, database, progress: Progress, logs: Path,
-        workers: int = 2) -> None:
-    """Search `tasks` (ExtractedTask) with per-task `caps` (None: none of its own) and `total`."""
+def batch_size(cap: int | None, seconds: float | None, per_candidate: float = 1.0) -> int:
+    """Candidates per batch: two batches per kernel at least, so its cap and time slice are kept (a
+    batch, once started, is measured to its end; `per_candidate`: seconds each costs here)."""
+    per = min(cap if cap is not None else UNBOUNDED,
+              int(seconds / 2 / per_candidate) if seconds is not None else UNBOUNDED)
+    return min(64, max(4, per // 2))
+
+
+def run(tasks: list, caps: list, share: list[float], defaults: list, runner, database, progress: Progress,
+        logs: Path, workers: int = 2) -> None:
+    """Search `tasks` (ExtractedTask, in Progress's order: largest share first) one after another,
+    each up to its trial cap (None: none of its own) and its `share` of the time left. A kernel's
+    measured default (survey) becomes its first record as its search starts: the build keeps it
+    unless the search beats it, and a kernel the time never reached has no records (a rebuild
+    searches it)."""
     from tvm.s_tir.meta_schedule.utils import fork_seed
-    cost_model, strategy = _search(total)
-    contexts = [ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator="post-order-apply",
-                               search_strategy=_Budgeted(strategy, cap, progress, default_candidate(
-                                   task.dispatched[0], task.target)), task_name=task.task_name,
-                               logger=logger, rand_state=seed).clone()
-                for task, cap, logger, seed in zip(tasks, caps, task_loggers(logs, [t.task_name for t in tasks]),
-                                                   fork_seed(None, n=len(tasks)))]
-    per_task = max(caps) if caps and None not in caps else total
-    share = min([c for c in caps if c is not None] or [total // len(tasks)])
-    if progress.deadline is not None:  # about a second per candidate here: a kernel's share of the time
-        share = min(share, int((progress.deadline - progress.start) / len(tasks)))
-    batch = min(64, max(4, share // 2))  # two batches per share at least: budgets and progress stay responsive
-    with _importable_in_workers():
-        ms.tune_tasks(tasks=contexts, task_weights=[float(t.weight) for t in tasks], work_dir=str(logs),
-                      max_trials_global=total, max_trials_per_task=min(per_task, total), num_trials_per_iter=batch,
-                      builder=_builder(batch, workers), runner=runner, database=database, cost_model=cost_model,
-                      measure_callbacks=[*ms.MeasureCallback.create("default"), _Monitor(progress)])
+    loggers, seeds = task_loggers(logs, [t.task_name for t in tasks]), fork_seed(None, n=len(tasks))
+    for slot, (task, cap) in enumerate(zip(tasks, caps)):
+        if progress.out_of_time():
+            break
+        seconds = progress.begin_task(share[slot] / sum(share[slot:]))
+        if defaults[slot] is not None:
+            commit(task, *defaults[slot], database)
+            progress.trials[slot] += 1
+        trials = cap if cap is not None else UNBOUNDED
+        batch = batch_size(cap, seconds, progress.seconds_per_candidate())
+        cost_model, strategy = _search(trials)
+        context = ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator="post-order-apply",
+                                 search_strategy=_Budgeted(strategy, cap, progress), task_name=task.task_name,
+                                 logger=loggers[slot], rand_state=seeds[slot]).clone()
+        with _importable_in_workers():
+            ms.tune_tasks(tasks=[context], task_weights=[1.0], work_dir=str(logs), max_trials_global=trials,
+                          max_trials_per_task=trials, num_trials_per_iter=batch, builder=_builder(batch, workers),
+                          runner=runner, database=database, cost_model=cost_model, task_scheduler="round-robin",
+                          measure_callbacks=[*ms.MeasureCallback.create("default"), _Monitor(progress, slot)])
+        progress.done += 1
+
+
+def survey(tasks: list, runner) -> list:
+    """Each task's default schedule measured once: [(candidate, seconds)], None where a task has no
+    default or it failed. Its times give each kernel's share of the model's time."""
+    candidates = [default_candidate(task.dispatched[0], task.target) for task in tasks]
+    inputs = [(task, c) for task, c in zip(tasks, candidates) if c is not None]
+    built = _InProcessBuilder().build([ms.builder.BuilderInput(c.sch.mod, task.target) for task, c in inputs])
+    runs = [ms.runner.RunnerInput(b.artifact_path, _device_type(task.target), c.args_info)
+            for (task, c), b in zip(inputs, built) if b.error_msg is None]
+    times = iter(_fastest(runner, runs, rounds=1))
+    measured = {id(c): next(times) for (_, c), b in zip(inputs, built) if b.error_msg is None}
+    return [(c, measured[id(c)]) if c is not None and measured.get(id(c)) is not None else None
+            for c in candidates]
+
+
+def commit(task, candidate, seconds: float, database) -> None:
+    """A measured schedule of `task` as a record, like one of the search's."""
+    mod = task.dispatched[0]
+    database.commit_tuning_record(ms.database.TuningRecord(
+        candidate.sch.trace, database.commit_workload(mod), [seconds], task.target, candidate.args_info))
 
 
 def task_loggers(logs: Path, names: list[str]) -> list[logging.Logger]:
@@ -253,9 +313,7 @@ def confirm(tasks: list, runner, database, log: logs.Logger) -> int:
                                 for (task, c), b in zip(inputs, built) if b.error_msg is None])
     for (task, candidate), secs in zip(usable, fastest):
         if secs is not None:
-            mod = task.dispatched[0]
-            database.commit_tuning_record(ms.database.TuningRecord(
-                candidate.sch.trace, database.commit_workload(mod), [secs], task.target, candidate.args_info))
+            commit(task, candidate, secs, database)
     kept = sum(same_trace(database.get_top_k(database.commit_workload(task.dispatched[0]), 1)[0].trace,
                            candidates[0].sch.trace) for task, candidates in kernels)
     failed = len(inputs) - sum(secs is not None for secs in fastest)
@@ -279,10 +337,12 @@ def _default_and_best(task, database) -> list:
     return [default, ms.search_strategy.MeasureCandidate(best, records[0].args_info)]
 
 
-def _fastest(runner, runs: list) -> list:
-    """Each run's fastest time over CONFIRM_ROUNDS rounds of all runs in turn (None: it never ran)."""
+def _fastest(runner, runs: list, rounds: int = CONFIRM_ROUNDS) -> list:
+    """Each run's fastest time over `rounds` rounds of all runs in turn (None: it never ran)."""
     fastest = [None] * len(runs)
-    for _ in range(CONFIRM_ROUNDS):
+    if not runs:
+        return fastest
+    for _ in range(rounds):
         for i, future in enumerate(runner.run(runs)):
             result = future.result()
             if result.error_msg is None and result.run_secs:
