@@ -51,6 +51,16 @@ def test_int8_builds_and_verifies_at_batch_one(repo, family):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("family, mode", [("bert", "static"), ("resnet", "dynamic"), ("gpt2", "weight_only")])
+def test_the_other_int8_modes_build_and_verify(repo, family, mode):
+    """The modes beside each family's own (benchmarks/family_matrix.py builds every pair)."""
+    built, _ = build(repo, recipe(family, "[2]", quantize(family, mode)), f"{family}-{mode}-other", 2)
+    report = built.manifest.passes[0]
+    assert report.stats["mode"] == mode
+    assert any(row["dtype"] != "float32" for row in report.stats["layers"]), report.stats["layers"]
+
+
+@pytest.mark.slow
 @pytest.mark.arm
 @pytest.mark.parametrize("family, passes", [("bert", "[]"), ("gpt2", "[]"), ("resnet", "[]"),
                                             ("bert", quantize("bert", "dynamic")),
