@@ -1,4 +1,5 @@
-"""`accelc verify ARTIFACT`: re-run an artifact's verification against the eager model."""
+"""`accelc verify ARTIFACT`: re-run an artifact's verification by the build's contract (against the
+rewritten graph and the original eager model)."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,9 @@ def add_arguments(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from accelc.verify.artifact_check import reverify
-    from accelc.verify.compare import format_report
+    from accelc.verify.compare import failures, format_report
     report = reverify(Path(args.artifact), samples=args.samples)
     print(format_report(report))
+    for line in failures(report) if report["status"] == "failed" else []:
+        print(f"  {line}")
     return {"passed": EXIT_OK, "failed": EXIT_VERIFY_FAILED}.get(report["status"], EXIT_OK)

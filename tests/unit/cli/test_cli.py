@@ -278,6 +278,19 @@ def test_verify_reruns_against_the_eager_model(capsys):
     assert rows and all(row[-1] == "ok" and row[2] == "1" for row in rows)  # one sample per batch size
 
 
+def test_verify_that_fails_names_the_reference_output_and_numbers(capsys, monkeypatch):
+    from accelc.verify import artifact_check
+    row = {"output": "logits", "batch": 4, "samples": 1, "max_abs": 0.5, "max_rel": 0.9, "mismatched": 3,
+           "elements": 8, "passed": False, "sqnr_db": 12.0, "criterion": None}
+    failed = {"status": "failed", "tolerance": {"atol": 1e-4, "rtol": 1e-3}, "rows": [row],
+              "reference": "rewritten graph (after passes)", "sqnr": {"vs_rewritten": 40.0, "vs_original": None}}
+    monkeypatch.setattr(artifact_check, "reverify", lambda folder, samples=None: failed)
+    rc, out, _ = cli(["verify", shared_artifact()], capsys)
+    assert rc == 1
+    assert ("output 'logits' at batch 4 does not match the rewritten graph (after passes): max abs err 0.5, 3/8 "
+            "elements outside the tolerance, SQNR 12.0 dB (floor 40 dB)") in out
+
+
 def test_verify_on_something_that_is_not_an_artifact(tmp_path, capsys):
     assert_cli_user_error(["verify", tmp_path], capsys, "E700")
 
