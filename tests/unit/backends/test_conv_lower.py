@@ -13,7 +13,7 @@ from tests.fixtures.lowering import compile_and_run
     dict(in_channels=3, out_channels=8, kernel_size=3, padding=1),
     dict(in_channels=5, out_channels=7, kernel_size=(3, 2), stride=2, padding=(1, 0), bias=False),
     dict(in_channels=4, out_channels=6, kernel_size=3, dilation=2, padding=2),
-    dict(in_channels=16, out_channels=8, kernel_size=1),
+    dict(in_channels=16, out_channels=8, kernel_size=1, stride=2),
 ])
 def test_convolution_as_im2col_matches_torch(conv):
     torch.manual_seed(0)
@@ -40,7 +40,7 @@ def _conv_relu(channels: int, out_channels: int, kernel: int, stride: int = 1) -
 @pytest.mark.parametrize("channels,out_channels,kernel,stride,size,k_blocks", [
     (40, 40, 3, 1, (7, 11), 3),  # k = 360 in 3 blocks of 120; 2 x 77 rows: the last row tile partial
     (3, 64, 7, 2, (13, 13), 1),  # an RGB stem: kernel rows of 21 values in runs of 24, k = 168 in one block
-    (24, 48, 1, 1, (9, 9), 1),  # a 1x1 conv; 48 columns: 3 panels of 16
+    (24, 48, 1, 2, (9, 9), 1),  # a 1x1 conv of stride 2; 48 columns: 3 panels of 16
     (300, 16, 3, 1, (5, 5), 18),  # a tap's 300 channels wider than a k block: k = 2700 in blocks of 150
 ])
 def test_narrow_convolution_is_blocked_and_matches_torch(channels, out_channels, kernel, stride, size, k_blocks):
@@ -74,6 +74,45 @@ def test_wide_convolution_keeps_one_register_tile_per_row_tile():
     update = tir.loops(func, "matmul_update")
     assert [(loop.kind, loop.extent) for loop in update[:2]] == [("parallel", 16), ("serial", 5)]
     assert "relu" not in tir.blocks(func)  # inlined into the tile's store
+
+
+@pytest.mark.parametrize("channels,out_channels,size,batch,outer", [
+    (16, 8, (11, 9), 2, (33, 1)),  # narrower than a panel: B unpacked; 198 rows in tiles of 6
+    (24, 48, (9, 9), 2, (27, 3)),  # 3 panels of 16
+    (12, 40, (3, 7), 3, (21, 3)),  # 40 columns: panels padded past N
+    (64, 32, (5, 7), 2, (14, 2)),  # deeper than wide: 70 rows in tiles of 5, row tiles still outer
+    (48, 40, (3, 5), 3, (9, 3)),  # 45 rows in tiles of 5, the last panel padded past N
+])
+def test_pointwise_convolution_reads_its_input_in_place_and_matches_torch(channels, out_channels, size, batch,
+                                                                          outer):
+    """A 1x1 stride-1 convolution's patches are its NHWC input: the GEMM reads the input itself,
+    with no patches block, in the plain register-tiled schedule (row tiles outer, then panels)."""
+    model = _conv_relu(channels, out_channels, 1)
+    x = np.random.default_rng(5).standard_normal((batch, channels, *size), dtype=np.float32)
+    got, main, kernels = compile_and_run(model, x, block="matmul_update")
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    (func,) = kernels.values()
+    assert "im2col" not in tir.blocks(func) and main.count("conv1x1_matmul") == 1
+    update = tir.loops(func, "matmul_update")
+    assert update[0].kind == "parallel" and (update[0].extent, update[1].extent) == outer
+    assert update[-1].kind == "vectorized" and len(tir.top_loops(func)) == 1
+
+
+@pytest.mark.parametrize("conv", [
+    dict(in_channels=6, out_channels=16, kernel_size=1),  # 6 channels padded to 8: the copy pads them
+    dict(in_channels=8, out_channels=16, kernel_size=1, padding=1),
+])
+def test_pointwise_convolution_needing_padding_copies_patches(conv):
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(**conv).eval()
+    x = np.random.default_rng(6).standard_normal((2, conv["in_channels"], 5, 7), dtype=np.float32)
+    got, _, kernels = compile_and_run(model, x)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert len(kernels) == 1  # the kernel with the patches block
 
 
 @pytest.mark.parametrize("channels,kernel,stride,padding,size", [

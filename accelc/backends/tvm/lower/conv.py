@@ -7,12 +7,14 @@ Patches and matmul are one kernel: the schedule computes each row tile's patches
 tile, in L1, instead of writing all of them to memory first (9x the input for a 3x3 kernel). The
 weight reshapes depend on parameters only and run once at load (LiftTransformParams). A stem of
 a few channels (RGB) pads its input first and takes its patches a kernel row at a time
-(patches.im2col_runs): one vector copy per row of 7 taps instead of 7 copies of 3 floats. Measured
+(patches.im2col_runs): one vector copy per row of 7 taps instead of 7 copies of 3 floats. A 1x1
+convolution of stride 1 has no patches to take: its GEMM reads the NHWC input in place. Measured
 effects: benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 from tvm import relax, te
 
@@ -42,6 +44,8 @@ def dense(bb, conv: conv_spec.Conv, nhwc, isa: Isa):
     weight = bb.emit(relax.op.permute_dims(patches.run_weight(bb, w4d) if runs else patches.conv_weight(bb, w4d)))
     if gemm.packs(conv.out_channels, isa):
         weight = gemm.pack_columns(bb, weight, gemm.panel_columns(isa))
+    if not runs and pointwise(conv):
+        return bb.emit_te(pointwise_matmul, nhwc, weight, conv.out_channels, primfunc_name_hint="conv1x1_matmul")
     if runs:
         pads = patches.run_padding(conv.shape[3], conv.kernel, conv.stride, conv.padding, conv.shape[1])
         padded = bb.emit(relax.op.nn.pad(nhwc, pads)) if any(pads) else nhwc
@@ -49,6 +53,22 @@ def dense(bb, conv: conv_spec.Conv, nhwc, isa: Isa):
                           primfunc_name_hint="im2col_matmul")
     return bb.emit_te(patches_matmul, nhwc, weight, conv.kernel, conv.stride, conv.padding, conv.dilation,
                       conv.out_channels, primfunc_name_hint="im2col_matmul")
+
+
+def pointwise(conv: conv_spec.Conv) -> bool:
+    """A 1x1 convolution of stride 1 and no padding whose channels need no padding to K_GROUP: its
+    patches matrix is the NHWC input itself ([N*H*W, C] row-major), so the GEMM reads it in place."""
+    return (conv.kernel == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
+            and patches.padded_channels(conv.shape[1], 1) == conv.shape[1])
+
+
+def pointwise_matmul(x: te.Tensor, weight: te.Tensor, out_channels: int | None = None) -> te.Tensor:
+    """A `pointwise` convolution as the GEMM over the NHWC input's rows: no patches block to copy
+    (with 64 channels an output has only 64 FMAs to hide a copy behind)."""
+    batch, height, width, _ = (int(d) for d in x.shape)
+    pixels = height * width
+    return _matmul_of(lambda m, c: x[m // pixels, m // width % height, m % width, c], batch * pixels, weight,
+                      out_channels)
 
 
 def runs_matmul(padded: te.Tensor, weight: te.Tensor, out_hw, kernel, stride, out_channels: int) -> te.Tensor:
@@ -65,10 +85,15 @@ def patches_matmul(x: te.Tensor, weight: te.Tensor, kernel, stride, padding, dil
 
 
 def _matmul(cols: te.Tensor, weight: te.Tensor, out_channels: int | None) -> te.Tensor:
+    return _matmul_of(lambda i, k: cols[i, k], int(cols.shape[0]), weight, out_channels)
+
+
+def _matmul_of(read_a: Callable, rows: int, weight: te.Tensor, out_channels: int | None) -> te.Tensor:
+    """C = A @ weight with A[i, k] = read_a(i, k); weight [K, N] or panels (gemm.pack_columns)."""
     if len(weight.shape) == 3:
-        return gemm.panel_matmul(cols, weight, out_channels)
-    k = te.reduce_axis((0, int(cols.shape[1])), name="k")
-    return te.compute((cols.shape[0], weight.shape[1]), lambda i, j: te.sum(cols[i, k] * weight[k, j], axis=k),
+        return gemm.panel_matmul_of(read_a, rows, weight, out_channels)
+    k = te.reduce_axis((0, int(weight.shape[0])), name="k")
+    return te.compute((rows, weight.shape[1]), lambda i, j: te.sum(read_a(i, k) * weight[k, j], axis=k),
                       name="matmul", attrs=tags.attrs(tags.GEMM))
 
 

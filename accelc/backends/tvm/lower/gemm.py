@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+from typing import Callable
 
 from tvm import relax, te
 
@@ -47,14 +48,20 @@ def panel_matmul(a: te.Tensor, panels: te.Tensor, n: int | None = None) -> te.Te
     """float32 C[i, j] = sum_k A[i, k] * B[k, j] for j < n, B given as panels [N / nr, K, nr]. Past
     the last whole panel the kernel computes whole tiles and keeps the first n columns (a vector of
     real and padding columns costs what a vector costs; a scalar tail would not)."""
+    return panel_matmul_of(lambda i, k: a[i, k], int(a.shape[0]), panels, n)
+
+
+def panel_matmul_of(read_a: Callable, rows: int, panels: te.Tensor, n: int | None = None) -> te.Tensor:
+    """`panel_matmul` with A[i, k] given as `read_a(i, k)` over `rows` rows (a 1x1 convolution
+    reads its NHWC input in place: no block of its own before the GEMM)."""
     blocks, depth, columns = (int(d) for d in panels.shape)
     k = te.reduce_axis((0, depth), name="k")
-    out = te.compute((a.shape[0], blocks * columns),
-                     lambda i, j: te.sum(a[i, k] * panels[j // columns, k, j % columns], axis=k),
+    out = te.compute((rows, blocks * columns),
+                     lambda i, j: te.sum(read_a(i, k) * panels[j // columns, k, j % columns], axis=k),
                      name="matmul", attrs=tags.attrs(tags.GEMM, **{tags.PANEL_COLUMNS: columns}))
     if n is None or n == blocks * columns:
         return out
-    return te.compute((a.shape[0], n), lambda i, j: out[i, j], name="matmul_columns")
+    return te.compute((rows, n), lambda i, j: out[i, j], name="matmul_columns")
 
 
 def _packable(a: relax.Expr, b: relax.Expr, isa: Isa) -> bool:
