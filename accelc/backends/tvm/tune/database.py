@@ -81,8 +81,9 @@ def open_database(root: Path, target, where: str | None = None, logger: logs.Log
             _write_atomically(folder / TARGET_FILE,
                               json.dumps({"target": str(target), "tvm": tvm.__version__,
                                           "default_schedules": defaults_digest()}) + "\n")
-        for name in FILES:
-            _set_aside_torn_line(folder / name, logger or _LOG)
+        if _set_aside_torn_line(folder / FILES[0], logger or _LOG):
+            _set_aside_orphans(folder, logger or _LOG)
+        _set_aside_torn_line(folder / FILES[1], logger or _LOG)
         for name in FILES:  # records are appended during tuning: find out now, not after an hour
             path = folder / name
             if path.exists() and not os.access(path, os.W_OK) or not os.access(folder, os.W_OK):
@@ -100,14 +101,15 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _set_aside_torn_line(path: Path, log: logs.Logger) -> None:
-    """Cut an unterminated last line (a tuner killed mid-append) off `path` into `path.torn-<ns>`."""
+def _set_aside_torn_line(path: Path, log: logs.Logger) -> bool:
+    """Cut an unterminated last line (a tuner killed mid-append) off `path` into `path.torn-<ns>`;
+    True when there was one."""
     if not path.is_file() or path.stat().st_size == 0:
-        return
+        return False
     with open(path, "rb+") as handle:
         handle.seek(-1, os.SEEK_END)
         if handle.read(1) == b"\n":
-            return
+            return False
         handle.seek(0)
         data = handle.read()
         keep = data.rfind(b"\n") + 1
@@ -117,6 +119,33 @@ def _set_aside_torn_line(path: Path, log: logs.Logger) -> None:
     lines = data.count(b"\n")
     log.warning(f"  tuning database: {path.name} ended in a torn line (a tuner killed mid-write); kept its "
                 f"{lines} complete line(s) and moved the {len(data) - keep}-byte fragment to {side.name}")
+    return True
+
+
+def _set_aside_orphans(folder: Path, log: logs.Logger) -> None:
+    """Records of a workload whose line was torn off cannot load (TVM refuses the whole database):
+    move them to `records.json.orphaned-<ns>` and keep every other record."""
+    records = folder / FILES[1]
+    if not records.is_file():
+        return
+    workloads = (folder / FILES[0]).read_bytes().count(b"\n")
+    lines = records.read_bytes().splitlines(keepends=True)
+    kept = [line for line in lines if _workload_index(line) < workloads]
+    orphaned = [line for line in lines if _workload_index(line) >= workloads]
+    if not orphaned:
+        return
+    side = records.with_name(f"{records.name}.orphaned-{time.time_ns()}")
+    side.write_bytes(b"".join(orphaned))  # first: a kill between the two steps loses nothing
+    _write_atomically(records, b"".join(kept).decode())
+    log.warning(f"  tuning database: moved {len(orphaned)} record(s) of the torn workload to {side.name}")
+
+
+def _workload_index(line: bytes) -> int:
+    """The workload a record line belongs to ([index, ...]); -1 for a line that is no record."""
+    try:
+        return int(json.loads(line)[0])
+    except (ValueError, TypeError, IndexError, KeyError):
+        return -1
 
 
 def _load(folder: Path, where: str | None):
