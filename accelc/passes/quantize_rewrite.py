@@ -66,7 +66,7 @@ def float_ops(gm: fx.GraphModule) -> list[dict]:
 def _problem(gm, node: fx.Node, dtype: str) -> str | None:
     weight = node.args[1]
     if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
-        return "its weight is computed in the graph (already quantized?)"
+        return "its weight is computed in the graph (weight norm, or quantized already)"
     if not fetch(gm, weight).is_floating_point():
         return "its weight is not floating point"
     if dtype in HALF:
