@@ -6,18 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import tvm
 from torch import nn
 
 from accelc import compile as compile_mod
 from accelc.backends.tvm.lower import bn_fold
-from accelc.backends.tvm.lower import relax as lower
-from accelc.capture.export import drop_guards
-from accelc.config.recipe import InputSpec
 from accelc.runtime import predictor as runtime
+from tests.fixtures import lowering
 from tests.fixtures.helpers import make_repo, write_recipe
-
-TARGET = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"})
 
 
 def _trained_statistics(model: nn.Module, seed: int) -> nn.Module:
@@ -76,14 +71,8 @@ def images() -> np.ndarray:
 
 def lower_and_run(model: nn.Module, x: np.ndarray):
     """(output, the lowered module's main function as TVMScript, the repairs it records)."""
-    graph = torch.export.export(model, (torch.from_numpy(x),)).module()
-    drop_guards(graph)
-    spec = InputSpec(name="x", shape=["batch", *x.shape[1:]])
-    lowered = lower.to_relax(lower.export_programs(graph, [spec], [x.shape[0]]), TARGET)
-    vm = tvm.relax.VirtualMachine(lower.compile_module(lowered, TARGET), tvm.cpu())
-    params = vm["transform_params"]([tvm.runtime.tensor(p) for p in lowered.params.values()])
-    out = vm[lower.function_name(x.shape[0])](tvm.runtime.tensor(x), *params)
-    return out.numpy(), lowered.mod[lower.function_name(x.shape[0])].script(), lowered.repairs
+    out, script, lowered = lowering.lower_and_run(model, x)
+    return out, script, lowered.repairs
 
 
 @pytest.mark.parametrize("make, shape", [(conv_bn, (2, 3, 8, 8)), (conv_bn_1d, (2, 4, 40))])
